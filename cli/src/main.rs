@@ -1,0 +1,26 @@
+use clap::Parser;
+use flowhouse::Cli;
+use flowhouse_service::telemetry;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flowhouse: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(flowhouse::run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the whole chain: "cannot migrate: cannot reach ...: refused".
+            tracing::error!("{error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
