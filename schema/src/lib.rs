@@ -1,3 +1,19 @@
-//! The shape of Flowhouse's data, defined once and shared by every service.
+//! The shape of Flowhouse's data, defined once and shared by every service:
+//!
+//! - [`event`] and [`log`]: Prefect's wire model and its validation (used by the ingestion
+//!   endpoint and the ingest consumer alike);
+//! - [`contract`]: the Kafka message contract (topics, key, tenant headers) and [`Tenant`];
+//! - [`rows`]: the ClickHouse rows of the raw tables;
+//! - [`ddl`] and [`migrate`]: the ClickHouse schema, its rollups, and versioned migrations.
 
+pub mod contract;
+pub mod ddl;
+pub mod event;
+pub mod log;
 pub mod migrate;
+pub mod rows;
+pub mod text;
+pub mod validate;
+
+pub use contract::{Envelope, Tenant};
+pub use validate::{Problem, Rejection};

@@ -102,3 +102,176 @@ pub fn workspace_root() -> PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// The `flowhouse` binary of this workspace, built (once per test process) if needed, so that
+/// process-level tests (kill -9, SIGTERM) run the code under test, never a stale build.
+pub fn flowhouse_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--quiet", "-p", "flowhouse", "--bin", "flowhouse"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p flowhouse failed");
+            // Test binaries live in <target>/<profile>/deps; the binary in <target>/<profile>.
+            let exe = std::env::current_exe().expect("current exe");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target dir");
+            let binary = profile_dir.join("flowhouse");
+            assert!(binary.exists(), "{} was not built", binary.display());
+            binary
+        })
+        .clone()
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A local stack of this test's own (own ClickHouse, own broker, own ports, own data), for
+/// tests that stop and start components and so must not disturb the shared one. Deleted, data
+/// and all, when dropped. `None` when the shared stack is not the local one (a real cluster):
+/// such tests then say so and skip.
+pub struct PrivateStack {
+    pub stack: Stack,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateStack {
+    /// `kafka_storage` is `memory` or `sqlite` (messages survive a broker restart).
+    pub fn start(kafka_storage: &str) -> Option<Self> {
+        std::env::var_os("FLOWHOUSE_STACK_DIR")?;
+        let dir = tempfile::Builder::new()
+            .prefix("flowhouse-private-stack")
+            .tempdir()
+            .expect("temp dir");
+        let output = Command::new(workspace_root().join("deploy/local/stack"))
+            .arg("up")
+            .env("FLOWHOUSE_STACK_DIR", dir.path())
+            .env("FLOWHOUSE_KAFKA_STORAGE", kafka_storage)
+            .output()
+            .expect("run deploy/local/stack up");
+        assert!(
+            output.status.success(),
+            "private stack failed to start:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let exports: std::collections::HashMap<String, String> =
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| line.strip_prefix("export "))
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let stack = Stack {
+            clickhouse: ClickHouseArgs {
+                url: exports["CLICKHOUSE_URL"].clone(),
+                user: exports["CLICKHOUSE_USER"].clone(),
+                password: exports["CLICKHOUSE_PASSWORD"].clone(),
+                database: "default".into(),
+            },
+            kafka: KafkaArgs {
+                brokers: exports["KAFKA_BROKERS"].clone(),
+                properties: Vec::new(),
+                replication_factor: 1,
+            },
+            stack_dir: Some(dir.path().to_path_buf()),
+        };
+        Some(Self { stack, dir })
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = Command::new(workspace_root().join("deploy/local/stack"))
+            .arg("reset")
+            .env("FLOWHOUSE_STACK_DIR", self.dir.path())
+            .status();
+    }
+}
+
+/// A `flowhouse` subcommand running as a child process, with its log in a file; killed when
+/// dropped.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServiceProcess {
+    /// Starts `flowhouse <args>` with `env` added to (and overriding) this process's environment.
+    pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("service.log");
+        let file = std::fs::File::create(&log).expect("create log");
+        let mut command = Command::new(flowhouse_binary());
+        command
+            .args(args)
+            .env("FLOWHOUSE_LOG_FORMAT", "text")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn flowhouse");
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or commit anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for a clean exit; returns its exit code.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The log so far, for assertions and for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
