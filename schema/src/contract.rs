@@ -23,6 +23,36 @@ pub const EVENTS_TOPIC: &str = "flowhouse.events";
 pub const LOGS_TOPIC: &str = "flowhouse.logs";
 pub const DLQ_TOPIC: &str = "flowhouse.dlq";
 
+/// The topics, as flags shared by every service that produces or consumes them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TopicArgs {
+    /// Topic of events.
+    #[arg(long, env = "FLOWHOUSE_EVENTS_TOPIC", default_value = EVENTS_TOPIC)]
+    pub events_topic: String,
+    /// Topic of log lines.
+    #[arg(long, env = "FLOWHOUSE_LOGS_TOPIC", default_value = LOGS_TOPIC)]
+    pub logs_topic: String,
+    /// Dead-letter topic: messages the ingest service refused, with the reason in headers.
+    #[arg(long, env = "FLOWHOUSE_DLQ_TOPIC", default_value = DLQ_TOPIC)]
+    pub dlq_topic: String,
+    /// Partitions of the topics when a service has to create them.
+    #[arg(long, env = "FLOWHOUSE_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+}
+
+impl TopicArgs {
+    /// The three topics as they should exist.
+    pub fn specs(&self) -> Vec<flowhouse_service::kafka::TopicSpec> {
+        [&self.events_topic, &self.logs_topic, &self.dlq_topic]
+            .into_iter()
+            .map(|name| flowhouse_service::kafka::TopicSpec {
+                name: name.clone(),
+                partitions: self.topic_partitions,
+            })
+            .collect()
+    }
+}
+
 /// Header names.
 pub mod header {
     pub const ACCOUNT_ID: &str = "account_id";
