@@ -5,6 +5,8 @@ use flowhouse_service::telemetry;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init_tracing(&cli.log);
+    // Install the metrics recorder before any service records anything.
+    telemetry::metrics_handle();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,7 +9,7 @@
 //! - `flow_run_states_hourly`, `task_run_states_hourly`: per tenant, hour, state, flow, deployment
 //!   and work pool, the exact set of runs that entered the state (`uniqExact`).
 //! - `log_counts_hourly`: log lines per tenant, hour, level and flow run.
-//! - `ingest_batches`, `schema_migrations`: bookkeeping.
+//! - `ingest_batches` (where each Kafka partition resumes), `schema_migrations`: bookkeeping.
 //!
 //! Every rollup is a materialized view over the raw tables, and every aggregate in them is
 //! idempotent (min, max, argMax, set union) or deduplicated with its source block, so a replayed
@@ -220,6 +220,9 @@ pub(crate) const LOG_COUNTS_HOURLY: Table = Table {
     everywhere: false,
 };
 
+/// One row per (consumer group, topic, partition): the latest batch range the ingest service
+/// recorded, i.e. where that partition resumes (see the ingest crate's `exactly_once`). Never
+/// expires: losing it would mean re-reading the partition from its earliest offset.
 pub(crate) const INGEST_BATCHES: Table = Table {
     name: "ingest_batches",
     columns: "
@@ -232,10 +235,11 @@ pub(crate) const INGEST_BATCHES: Table = Table {
     recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ",
     engine: "ReplacingMergeTree",
-    engine_args: "",
+    // The highest range wins, whatever order records arrive in.
+    engine_args: "last_offset",
     partition_by: None,
-    order_by: "consumer_group, topic, partition, first_offset",
-    ttl: Some("toDateTime(recorded_at) + toIntervalDay(7)"),
+    order_by: "consumer_group, topic, partition",
+    ttl: None,
     settings: "",
     shard_key: "",
     everywhere: true,

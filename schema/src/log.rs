@@ -47,10 +47,11 @@ pub fn parse_log<'a>(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Log<'a>, Rejection> {
-    if raw.len() > MAX_LOG_BYTES {
+    let limit = MAX_LOG_BYTES.min(limits.max_event_bytes);
+    if raw.len() > limit {
         return Err(Rejection::TooLarge {
             bytes: raw.len(),
-            limit: MAX_LOG_BYTES,
+            limit,
         });
     }
     let log: Log<'a> = serde_json::from_slice(raw)

@@ -6,6 +6,8 @@
 //! and exports them; tests that stop and start a component (fault tests) also need
 //! `FLOWHOUSE_STACK_DIR`, which only the local stack exports.
 
+pub mod fixtures;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -149,9 +151,13 @@ impl PrivateStack {
     /// `kafka_storage` is `memory` or `sqlite` (messages survive a broker restart).
     pub fn start(kafka_storage: &str) -> Option<Self> {
         std::env::var_os("FLOWHOUSE_STACK_DIR")?;
+        // In memory when the machine has a tmpfs: the broker's SQLite file syncs on every write.
+        let parent = Some(std::path::Path::new("/dev/shm"))
+            .filter(|shm| shm.is_dir())
+            .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
         let dir = tempfile::Builder::new()
             .prefix("flowhouse-private-stack")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temp dir");
         let output = Command::new(workspace_root().join("deploy/local/stack"))
             .arg("up")

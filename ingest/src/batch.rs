@@ -1,0 +1,394 @@
+//! Per-partition batching: by rows, bytes and age, or at recorded boundaries when replaying.
+//!
+//! This module is pure bookkeeping (no I/O, no clock of its own), so its rules are unit-tested
+//! directly. See [`crate::exactly_once`] for why boundaries are per partition and replayed
+//! exactly.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use flowhouse_schema::rows::{EventRow, LogRow};
+
+use crate::dead_letter::DeadLetter;
+use crate::decode::{Row, Table};
+
+/// When a batch closes. Defaults measured on the local stack (see the README's Performance
+/// section): big enough that one insert carries thousands of rows, small and young enough that
+/// events are visible within about a second.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BatchLimits {
+    /// Rows that close a batch.
+    #[arg(
+        long = "batch-max-rows",
+        env = "FLOWHOUSE_INGEST_BATCH_MAX_ROWS",
+        default_value_t = 50_000
+    )]
+    pub max_rows: usize,
+    /// Bytes (approximate, in memory) that close a batch.
+    #[arg(long = "batch-max-bytes", env = "FLOWHOUSE_INGEST_BATCH_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_bytes: usize,
+    /// Age of a batch's first message that closes it.
+    #[arg(long = "batch-max-age", env = "FLOWHOUSE_INGEST_BATCH_MAX_AGE", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub max_age: Duration,
+}
+
+/// An inclusive offset range recorded in the manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub first: i64,
+    pub last: i64,
+}
+
+/// The rows of one batch, all for one table.
+#[derive(Debug)]
+pub enum Rows {
+    Events(Vec<EventRow>),
+    Logs(Vec<LogRow>),
+}
+
+impl Rows {
+    fn new(table: Table) -> Self {
+        match table {
+            Table::Events => Rows::Events(Vec::new()),
+            Table::Logs => Rows::Logs(Vec::new()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Events(rows) => rows.len(),
+            Rows::Logs(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, row: Row) {
+        match (self, row) {
+            (Rows::Events(rows), Row::Event(row)) => rows.push(row),
+            (Rows::Logs(rows), Row::Log(row)) => rows.push(row),
+            // The decoder picks the row type from the table; a mismatch is a bug here.
+            _ => unreachable!("a row of the wrong table reached a batch"),
+        }
+    }
+}
+
+/// A closed batch: a contiguous offset range of one partition.
+#[derive(Debug)]
+pub struct Batch {
+    pub table: Table,
+    pub partition: i32,
+    pub range: Range,
+    pub rows: Rows,
+    pub dead_letters: Vec<DeadLetter>,
+    pub bytes: usize,
+    /// True when the range was recorded by an earlier run (a replay): not recorded again.
+    pub recorded: bool,
+}
+
+/// The open batch of one partition.
+#[derive(Debug)]
+struct Open {
+    first: i64,
+    last: i64,
+    rows: Rows,
+    dead_letters: Vec<DeadLetter>,
+    bytes: usize,
+    opened: Instant,
+    /// The recorded range this batch must end at exactly, when replaying.
+    planned: Option<Range>,
+}
+
+/// Batching state of one assigned partition, from the first message of its assignment.
+#[derive(Debug)]
+pub struct PartitionBatcher {
+    table: Table,
+    partition: i32,
+    open: Option<Open>,
+    /// The partition's latest recorded range, until it has been re-formed.
+    replay: Option<Range>,
+    /// Messages below this offset are already stored (they precede the latest recorded range).
+    floor: Option<i64>,
+    closed: VecDeque<Batch>,
+}
+
+/// What one message contributes to a batch.
+#[derive(Debug)]
+pub enum Item {
+    Row(Row),
+    Dead(DeadLetter),
+}
+
+impl Item {
+    fn size(&self) -> usize {
+        match self {
+            Item::Row(row) => row.approximate_size(),
+            Item::Dead(letter) => letter.size(),
+        }
+    }
+}
+
+impl PartitionBatcher {
+    /// `latest` is the partition's latest recorded range: it is replayed as one batch under its
+    /// own token, and what precedes it is already stored.
+    pub fn new(table: Table, partition: i32, latest: Option<Range>) -> Self {
+        Self {
+            table,
+            partition,
+            open: None,
+            replay: latest,
+            floor: latest.map(|range| range.first),
+            closed: VecDeque::new(),
+        }
+    }
+
+    /// Adds the message at `offset`. Offsets only grow within a partition.
+    pub fn push(&mut self, offset: i64, item: Item, limits: &BatchLimits, now: Instant) {
+        if self.floor.is_some_and(|floor| offset < floor) {
+            return;
+        }
+        // A recorded range entirely behind this message can no longer be re-formed (its
+        // messages were never delivered again, e.g. deleted): nothing is left to replay.
+        self.replay.take_if(|plan| plan.last < offset);
+        let must_close = self.open.as_ref().is_some_and(|open| match open.planned {
+            // A replayed range ends at its recorded last offset even if that offset itself was
+            // removed (compaction, aborted transactions).
+            Some(plan) => offset > plan.last,
+            // A free batch never runs into the recorded range: that range is replayed alone.
+            None => self.replay.is_some_and(|plan| plan.first <= offset),
+        });
+        if must_close {
+            self.close();
+        }
+        let open = match &mut self.open {
+            Some(open) => open,
+            None => {
+                let planned = self
+                    .replay
+                    .take_if(|plan| plan.first <= offset && offset <= plan.last);
+                self.open.insert(Open {
+                    first: offset,
+                    last: offset,
+                    rows: Rows::new(self.table),
+                    dead_letters: Vec::new(),
+                    bytes: 0,
+                    opened: now,
+                    planned,
+                })
+            }
+        };
+        open.last = offset;
+        open.bytes += item.size();
+        match item {
+            Item::Row(row) => open.rows.push(row),
+            Item::Dead(letter) => open.dead_letters.push(letter),
+        }
+        self.close_due(limits, now);
+    }
+
+    /// Closes the open batch if it reached its recorded end or, unplanned, a limit.
+    pub fn close_due(&mut self, limits: &BatchLimits, now: Instant) {
+        let Some(open) = &self.open else { return };
+        let due = match open.planned {
+            Some(plan) => open.last >= plan.last,
+            None => {
+                open.rows.len() + open.dead_letters.len() >= limits.max_rows
+                    || open.bytes >= limits.max_bytes
+                    || now.duration_since(open.opened) >= limits.max_age
+            }
+        };
+        if due {
+            self.close();
+        }
+    }
+
+    /// Closes the open batch for a graceful stop: only if it is unplanned (a partial replayed
+    /// range must wait for the rest of its messages; see [`crate::exactly_once`]).
+    pub fn close_for_shutdown(&mut self) {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|open| open.planned.is_none())
+        {
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        let (range, recorded) = match open.planned {
+            Some(plan) => (plan, true),
+            None => (
+                Range {
+                    first: open.first,
+                    last: open.last,
+                },
+                false,
+            ),
+        };
+        self.closed.push_back(Batch {
+            table: self.table,
+            partition: self.partition,
+            range,
+            rows: open.rows,
+            dead_letters: open.dead_letters,
+            bytes: open.bytes,
+            recorded,
+        });
+    }
+
+    /// The oldest closed batch, to flush.
+    pub fn take_closed(&mut self) -> Option<Batch> {
+        self.closed.pop_front()
+    }
+
+    /// Bytes held: the open batch and the closed ones waiting for their turn.
+    pub fn buffered_bytes(&self) -> usize {
+        self.open.as_ref().map_or(0, |open| open.bytes)
+            + self.closed.iter().map(|batch| batch.bytes).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use flowhouse_schema::rows::LogRow;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn limits(rows: usize) -> BatchLimits {
+        BatchLimits {
+            max_rows: rows,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
+    fn row() -> Item {
+        Item::Row(Row::Log(LogRow {
+            account_id: Uuid::nil(),
+            workspace_id: Uuid::nil(),
+            timestamp: Utc::now(),
+            received: Utc::now(),
+            level: 20,
+            name: "n".into(),
+            message: "m".into(),
+            flow_run_id: None,
+            task_run_id: None,
+            worker_id: None,
+        }))
+    }
+
+    fn ranges(batcher: &mut PartitionBatcher) -> Vec<(i64, i64, usize, bool)> {
+        std::iter::from_fn(|| batcher.take_closed())
+            .map(|b| (b.range.first, b.range.last, b.rows.len(), b.recorded))
+            .collect()
+    }
+
+    #[test]
+    fn batches_close_on_rows_and_on_age() {
+        let now = Instant::now();
+        let limits = BatchLimits {
+            max_age: Duration::from_secs(1),
+            ..limits(3)
+        };
+        let mut batcher = PartitionBatcher::new(Table::Logs, 0, None);
+        for offset in 10..17 {
+            batcher.push(offset, row(), &limits, now);
+        }
+        assert_eq!(
+            ranges(&mut batcher),
+            vec![(10, 12, 3, false), (13, 15, 3, false)]
+        );
+        batcher.close_due(&limits, now + Duration::from_millis(999));
+        assert!(ranges(&mut batcher).is_empty());
+        batcher.close_due(&limits, now + Duration::from_secs(1));
+        assert_eq!(ranges(&mut batcher), vec![(16, 16, 1, false)]);
+    }
+
+    #[test]
+    fn the_latest_recorded_range_is_replayed_whatever_the_limits() {
+        let now = Instant::now();
+        // Recorded by a run that crashed: [100, 104]; this run starts there.
+        let mut batcher = PartitionBatcher::new(
+            Table::Logs,
+            0,
+            Some(Range {
+                first: 100,
+                last: 104,
+            }),
+        );
+        for offset in 100..109 {
+            batcher.push(offset, row(), &limits(2), now);
+        }
+        assert_eq!(
+            ranges(&mut batcher),
+            vec![
+                (100, 104, 5, true),
+                (105, 106, 2, false),
+                (107, 108, 2, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recorded_range_whose_last_offset_is_gone_still_closes_at_its_end() {
+        let now = Instant::now();
+        let mut batcher = PartitionBatcher::new(Table::Logs, 0, Some(Range { first: 0, last: 5 }));
+        for offset in [0, 1, 2, 7, 8] {
+            batcher.push(offset, row(), &limits(100), now);
+        }
+        batcher.close_for_shutdown();
+        assert_eq!(
+            ranges(&mut batcher),
+            vec![(0, 5, 3, true), (7, 8, 2, false)]
+        );
+    }
+
+    #[test]
+    fn messages_before_the_latest_recorded_range_are_already_stored() {
+        let now = Instant::now();
+        let mut batcher = PartitionBatcher::new(
+            Table::Logs,
+            0,
+            Some(Range {
+                first: 10,
+                last: 12,
+            }),
+        );
+        for offset in 5..14 {
+            batcher.push(offset, row(), &limits(100), now);
+        }
+        batcher.close_for_shutdown();
+        assert_eq!(
+            ranges(&mut batcher),
+            vec![(10, 12, 3, true), (13, 13, 1, false)]
+        );
+    }
+
+    #[test]
+    fn shutdown_leaves_a_partial_replayed_range_alone() {
+        let now = Instant::now();
+        let mut batcher = PartitionBatcher::new(Table::Logs, 0, Some(Range { first: 0, last: 9 }));
+        for offset in 0..4 {
+            batcher.push(offset, row(), &limits(100), now);
+        }
+        batcher.close_for_shutdown();
+        assert!(ranges(&mut batcher).is_empty());
+        assert!(batcher.buffered_bytes() > 0);
+    }
+
+    #[test]
+    fn a_range_entirely_behind_the_start_is_not_replayed() {
+        let now = Instant::now();
+        let mut batcher = PartitionBatcher::new(Table::Logs, 0, Some(Range { first: 0, last: 9 }));
+        for offset in 10..13 {
+            batcher.push(offset, row(), &limits(100), now);
+        }
+        batcher.close_for_shutdown();
+        assert_eq!(ranges(&mut batcher), vec![(10, 12, 3, false)]);
+    }
+}
