@@ -1,0 +1,374 @@
+//! The Kafka side: one idempotent producer (`acks=all`), a bound on what is in flight, and a
+//! view of whether the brokers are reachable.
+//!
+//! Nothing is acknowledged to a client before Kafka acknowledged it: every message handed to
+//! librdkafka comes back as a [`Delivery`] future, and the HTTP handlers and websockets answer
+//! only once those resolved.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::FutureExt as _;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Args;
+use crate::error::{ApiError, RETRY_WHEN_DOWN, RETRY_WHEN_FULL};
+
+/// Readiness component name in `/readyz`.
+pub const KAFKA: &str = "kafka";
+
+pub struct Producer {
+    /// Replaced when librdkafka reports a fatal error (after which a producer is unusable).
+    current: RwLock<Arc<FutureProducer<KafkaContext>>>,
+    config: ClientConfig,
+    health: Arc<Health>,
+    in_flight: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// Whether the brokers are reachable, as last seen; shared with librdkafka's callbacks.
+struct Health {
+    available: AtomicBool,
+    readiness: flowhouse_service::admin::Readiness,
+    /// Wakes the watcher for a probe now, rather than at the next tick.
+    probe_now: tokio::sync::Notify,
+    /// Probes failed in a row; one alone (a slow answer from a busy broker) is not an outage.
+    failed_probes: AtomicU32,
+}
+
+/// Failed probes in a row that make Kafka unavailable.
+const PROBES_TO_FAIL: u32 = 2;
+
+impl Health {
+    fn up(&self) {
+        if !self.available.swap(true, Ordering::Relaxed) {
+            tracing::info!("Kafka is reachable");
+            self.readiness.ready(KAFKA);
+        }
+    }
+
+    fn down(&self, reason: &str) {
+        if self.available.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                reason,
+                "Kafka is unreachable; refusing HTTP requests with 503"
+            );
+        }
+        self.readiness.not_ready(KAFKA, reason);
+    }
+}
+
+/// librdkafka's callbacks: logs into `tracing`, and "all brokers down" into a probe at once.
+/// (Not straight into "unavailable": librdkafka says it also when a broker merely closed an idle
+/// connection, and a probe tells that apart in a moment.)
+struct KafkaContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility, "librdkafka: {message}");
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.probe_now.notify_one();
+        }
+        tracing::warn!(%error, reason, "Kafka client error");
+    }
+}
+
+impl Producer {
+    pub fn new(
+        args: &Args,
+        readiness: flowhouse_service::admin::Readiness,
+    ) -> anyhow::Result<Arc<Self>> {
+        let config = producer_config(args)?;
+        let health = Arc::new(Health {
+            available: AtomicBool::new(false),
+            readiness,
+            probe_now: tokio::sync::Notify::new(),
+            failed_probes: AtomicU32::new(0),
+        });
+        health.readiness.not_ready(KAFKA, "not connected yet");
+        let producer = create(&config, &health)?;
+        let capacity = args.max_in_flight.max(1);
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(producer)),
+            config,
+            health,
+            in_flight: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }))
+    }
+
+    fn current(&self) -> Arc<FutureProducer<KafkaContext>> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Refuses at once when Kafka is known to be unreachable: better a 503 now than a request
+    /// held for the whole delivery timeout.
+    pub fn check_available(&self) -> Result<(), ApiError> {
+        if self.health.available.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable {
+                detail: "Kafka is unavailable; nothing was accepted, send again later".into(),
+                retry_after: RETRY_WHEN_DOWN,
+            })
+        }
+    }
+
+    /// Room for `n` messages, or a 503 when the producer's queue is full (HTTP: the client
+    /// retries). A batch larger than the whole queue waits for the whole queue.
+    pub fn try_reserve(&self, n: usize) -> Result<Permit, ApiError> {
+        let n = self.permits_for(n);
+        match self.in_flight.clone().try_acquire_many_owned(n) {
+            Ok(permit) => Ok(Permit::new(permit)),
+            Err(_) => Err(ApiError::Unavailable {
+                detail: format!(
+                    "the producer's queue is full ({} messages waiting for Kafka); nothing was \
+                     accepted, send again shortly",
+                    self.in_flight()
+                ),
+                retry_after: RETRY_WHEN_FULL,
+            }),
+        }
+    }
+
+    /// Room for `n` messages, waiting for it (websockets: backpressure instead of refusal).
+    pub async fn reserve(&self, n: usize) -> Permit {
+        let n = self.permits_for(n);
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the in-flight semaphore is never closed");
+        Permit::new(permit)
+    }
+
+    fn permits_for(&self, n: usize) -> u32 {
+        u32::try_from(n.clamp(1, self.capacity)).unwrap_or(u32::MAX)
+    }
+
+    /// Messages handed to the producer and not yet acknowledged (or failed).
+    pub fn in_flight(&self) -> usize {
+        self.capacity - self.in_flight.available_permits()
+    }
+
+    /// Hands one message to librdkafka (which copies it). Fails at once only when its queue is
+    /// full or the message cannot be produced at all; otherwise the [`Delivery`] says how it
+    /// ended.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        headers: OwnedHeaders,
+        payload: &[u8],
+    ) -> Result<Delivery, KafkaError> {
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        match self.current().send_result(record) {
+            Ok(future) => Ok(Delivery {
+                future,
+                started: Instant::now(),
+                health: self.health.clone(),
+            }),
+            Err((error, _)) => Err(error),
+        }
+    }
+
+    /// Asks the brokers for the topic's metadata, which decides [`Self::check_available`]; a
+    /// producer that hit a fatal error (its idempotence state lost) is replaced by a new one.
+    pub async fn probe(&self, topic: &str) {
+        let producer = self.current();
+        let probe_topic = topic.to_owned();
+        let probe = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&probe_topic), Duration::from_secs(5))
+                .map(|_| ())
+        })
+        .await;
+        let failure = match probe {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(format!("cannot reach Kafka: {error}")),
+            Err(error) => Some(format!("Kafka probe failed: {error}")),
+        };
+        match failure {
+            None => {
+                self.health.failed_probes.store(0, Ordering::Relaxed);
+                self.health.up();
+            }
+            Some(reason) => {
+                let failed = self.health.failed_probes.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(reason, failed, "Kafka probe failed");
+                if failed >= PROBES_TO_FAIL {
+                    self.health.down(&reason);
+                }
+            }
+        }
+        if let Some((code, reason)) = self.current().client().fatal_error() {
+            tracing::error!(%code, reason, "fatal Kafka producer error; starting a new producer");
+            match create(&self.config, &self.health) {
+                Ok(fresh) => {
+                    *self
+                        .current
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(fresh);
+                }
+                Err(error) => self.health.down(&format!("{error:#}")),
+            }
+        }
+    }
+
+    /// Probes every few seconds (every second while Kafka is down or in doubt, and at once when
+    /// librdkafka sees every broker down) until `stop` fires.
+    pub async fn watch(self: Arc<Self>, topic: String, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let suspect = !self.health.available.load(Ordering::Relaxed)
+                || self.health.failed_probes.load(Ordering::Relaxed) > 0;
+            let pause = if suspect {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(3)
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.health.probe_now.notified() => {}
+                () = stop.cancelled() => return,
+            }
+            self.probe(&topic).await;
+        }
+    }
+
+    /// Waits (blocking, so call it off the async workers) until everything handed to librdkafka
+    /// is acknowledged or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.current()
+            .flush(timeout)
+            .context("messages were still unacknowledged when the producer was closed")
+    }
+}
+
+fn producer_config(args: &Args) -> anyhow::Result<ClientConfig> {
+    let mut config = args.kafka.config()?;
+    // Not negotiable: a client is told "accepted" only for messages every in-sync replica has,
+    // and retries inside librdkafka never duplicate or reorder them.
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            args.delivery_timeout
+                .as_millis()
+                .clamp(1, i32::MAX as u128)
+                .to_string(),
+        )
+        // The semaphore above is the real bound; librdkafka's own must never be hit first.
+        .set(
+            "queue.buffering.max.messages",
+            args.max_in_flight
+                .saturating_mul(2)
+                .clamp(100_000, i32::MAX as usize)
+                .to_string(),
+        )
+        // Room for the largest event the validation lets through plus its headers, so that
+        // librdkafka never refuses what the client was told is valid.
+        .set("message.max.bytes", "2000000");
+    // Defaults that suit an endpoint; KAFKA_PROPERTIES wins over them.
+    for (key, value) in [("linger.ms", "5"), ("reconnect.backoff.max.ms", "2000")] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+    Ok(config)
+}
+
+fn create(
+    config: &ClientConfig,
+    health: &Arc<Health>,
+) -> anyhow::Result<FutureProducer<KafkaContext>> {
+    config
+        .create_with_context(KafkaContext {
+            health: health.clone(),
+        })
+        .context("cannot create the Kafka producer")
+}
+
+/// Room for some messages in the producer's queue, given back when dropped.
+pub struct Permit {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Permit {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("flowhouse_endpoint_in_flight_messages")
+            .increment(permit.num_permits() as f64);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        metrics::gauge!("flowhouse_endpoint_in_flight_messages")
+            .decrement(self._permit.num_permits() as f64);
+    }
+}
+
+/// One message's fate: `Ok` once Kafka acknowledged it.
+pub struct Delivery {
+    future: DeliveryFuture,
+    started: Instant,
+    health: Arc<Health>,
+}
+
+impl Future for Delivery {
+    type Output = Result<(), ApiError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let outcome = futures::ready!(self.future.poll_unpin(cx));
+        metrics::histogram!("flowhouse_endpoint_delivery_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        Poll::Ready(match outcome {
+            Ok(Ok(_)) => {
+                // An acknowledgement is the best proof that Kafka is back.
+                self.health.up();
+                Ok(())
+            }
+            Ok(Err((error, _message))) => Err(error.into()),
+            Err(_canceled) => Err(ApiError::Unavailable {
+                detail: "the Kafka producer was closed before acknowledging the messages".into(),
+                retry_after: RETRY_WHEN_DOWN,
+            }),
+        })
+    }
+}

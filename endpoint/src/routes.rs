@@ -1,0 +1,165 @@
+//! The HTTP routes: `POST /events` and `POST /logs` take a JSON list and answer 204 only once
+//! Kafka acknowledged every item of it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use chrono::Utc;
+use flowhouse_keys::{Scope, bearer_token};
+use flowhouse_schema::{Envelope, Tenant};
+use uuid::Uuid;
+
+use crate::Shared;
+use crate::batch::{Kind, read_body, split_and_validate};
+use crate::error::ApiError;
+
+/// Prefect's workspace-scoped base path.
+pub const WORKSPACE_BASE: &str = "/api/accounts/{account_id}/workspaces/{workspace_id}";
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(&format!("{WORKSPACE_BASE}/events"), post(post_events))
+        .route(&format!("{WORKSPACE_BASE}/logs"), post(post_logs))
+        .route(
+            &format!("{WORKSPACE_BASE}/events/in"),
+            get(crate::websocket::upgrade),
+        )
+        .with_state(shared)
+}
+
+/// The two path segments that name a workspace.
+pub(crate) type WorkspacePath = Path<(String, String)>;
+
+/// The account and workspace named by the path; a 404 when they are not UUIDs.
+pub(crate) fn workspace_ids(
+    (account, workspace): &(String, String),
+) -> Result<(Uuid, Uuid), ApiError> {
+    let parse = |what: &str, text: &str| {
+        Uuid::parse_str(text)
+            .map_err(|_| ApiError::NotFound(format!("{what} {text:?} is not a UUID")))
+    };
+    Ok((parse("account", account)?, parse("workspace", workspace)?))
+}
+
+impl Shared {
+    /// The tenant of the path, once `key` is proven to hold it with the `write` scope.
+    pub(crate) fn authorize(
+        &self,
+        key: Option<&str>,
+        path: &(String, String),
+    ) -> Result<Tenant, ApiError> {
+        let (account, workspace) = workspace_ids(path)?;
+        Ok(self.keys.authorize(key, account, workspace, Scope::Write)?)
+    }
+
+    pub(crate) fn topic(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::Events => &self.topics.events_topic,
+            Kind::Logs => &self.topics.logs_topic,
+        }
+    }
+}
+
+/// The key of an `Authorization: Bearer <key>` header.
+pub(crate) fn request_key(headers: &HeaderMap) -> Option<&str> {
+    bearer_token(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok()),
+    )
+}
+
+async fn post_events(
+    State(shared): State<Arc<Shared>>,
+    Path(path): WorkspacePath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    ingest(&shared, Kind::Events, &path, &headers, body).await
+}
+
+async fn post_logs(
+    State(shared): State<Arc<Shared>>,
+    Path(path): WorkspacePath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    ingest(&shared, Kind::Logs, &path, &headers, body).await
+}
+
+/// The checks run cheapest first, so that a refused request costs little: the key, the rate
+/// limit and Kafka's state before reading the body; the body's size while reading it; the items
+/// before producing anything.
+async fn ingest(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    path: &(String, String),
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let started = Instant::now();
+    let tenant = shared.authorize(request_key(headers), path)?;
+    shared
+        .limiter
+        .check(tenant)
+        .map_err(|wait| rate_limited(kind, wait))?;
+    shared.producer.check_available()?;
+
+    let body = read_body(headers, body, shared.max_body_bytes).await?;
+    let limits = shared.limits.clone();
+    // Parsing megabytes of JSON is CPU work: off the async workers, so other requests go on.
+    let items =
+        tokio::task::spawn_blocking(move || split_and_validate(&body, kind, &limits, Utc::now()))
+            .await
+            .map_err(|error| ApiError::BadRequest(format!("validation failed: {error}")))??;
+    if items.is_empty() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    shared
+        .limiter
+        .take(tenant, items.len())
+        .map_err(|wait| rate_limited(kind, wait))?;
+
+    // Held until every delivery resolved: the queue bound counts this batch meanwhile.
+    let _permit = shared.producer.try_reserve(items.len())?;
+    let envelope = Envelope {
+        tenant,
+        received: Some(Utc::now()),
+    };
+    let key = envelope.key();
+    let kafka_headers = envelope.headers();
+    let topic = shared.topic(kind);
+    let mut deliveries = Vec::with_capacity(items.len());
+    for item in &items {
+        // An early return here leaves what was already handed over to be delivered: the client
+        // sees a 503 and sends the batch again, and ingest drops the duplicates by event id.
+        deliveries.push(
+            shared
+                .producer
+                .send(topic, &key, kafka_headers.clone(), item)?,
+        );
+    }
+    futures::future::try_join_all(deliveries).await?;
+
+    metrics::counter!("flowhouse_endpoint_accepted_total", "kind" => kind.plural(), "transport" => "http")
+        .increment(items.len() as u64);
+    metrics::histogram!("flowhouse_endpoint_request_seconds", "kind" => kind.plural())
+        .record(started.elapsed().as_secs_f64());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn rate_limited(kind: Kind, wait: std::time::Duration) -> ApiError {
+    ApiError::RateLimited {
+        detail: format!(
+            "this workspace is over its rate limit; nothing of the request was accepted, send \
+             the {} again after the Retry-After delay",
+            kind.plural()
+        ),
+        retry_after: wait,
+    }
+}
