@@ -1,0 +1,165 @@
+//! Every ClickHouse query of the query API goes through here.
+//!
+//! - [`Sql`] is the only way to build a query. It starts with the tenant bound as server-side
+//!   parameters (`{account_id:UUID}`, `{workspace_id:UUID}`) and every value a caller sent is
+//!   added with [`Sql::bind`], which returns a `{pN:Type}` placeholder: no request text is ever
+//!   part of the SQL, so quotes, backslashes or `{x:String}` in a filter are plain data.
+//! - [`Db`] runs it: one slot of a semaphore per query (a bound on what a burst of requests
+//!   can ask of ClickHouse), `max_execution_time` on each query, and a counter per query kind
+//!   on `/metrics` (which is also how tests observe single-flight loading).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clickhouse::{Client, RowOwned, RowRead};
+use flowhouse_schema::Tenant;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+
+/// The placeholders every query must contain: the tenant comes from the checked path, never
+/// from anywhere else, and is never optional.
+pub const TENANT: &str = "account_id = {account_id:UUID} AND workspace_id = {workspace_id:UUID}";
+
+/// A query under construction: SQL text written by this crate, plus bound parameters.
+#[derive(Clone, Debug)]
+pub struct Sql {
+    text: String,
+    params: Vec<(String, Value)>,
+}
+
+impl Sql {
+    pub fn new(tenant: Tenant) -> Self {
+        Self {
+            text: String::new(),
+            params: vec![
+                (
+                    "account_id".into(),
+                    Value::String(tenant.account_id.to_string()),
+                ),
+                (
+                    "workspace_id".into(),
+                    Value::String(tenant.workspace_id.to_string()),
+                ),
+            ],
+        }
+    }
+
+    /// Binds `value` as a parameter of ClickHouse type `ty` and returns its placeholder.
+    /// `ty` is always a literal of this crate.
+    pub fn bind(&mut self, ty: &'static str, value: impl Into<Value>) -> String {
+        let name = format!("p{}", self.params.len());
+        let placeholder = format!("{{{name}:{ty}}}");
+        self.params.push((name, value.into()));
+        placeholder
+    }
+
+    pub fn bind_strings<S: AsRef<str>>(&mut self, values: &[S]) -> String {
+        let values = values
+            .iter()
+            .map(|v| Value::String(v.as_ref().to_string()))
+            .collect::<Vec<_>>();
+        self.bind("Array(String)", Value::Array(values))
+    }
+
+    pub fn bind_i64(&mut self, value: i64) -> String {
+        self.bind("Int64", value)
+    }
+
+    /// A timestamp in microseconds since the epoch, as the `DateTime64(6, 'UTC')` it compares to.
+    pub fn bind_micros(&mut self, micros: i64) -> String {
+        let p = self.bind("Int64", micros);
+        format!("fromUnixTimestamp64Micro({p}, 'UTC')")
+    }
+
+    pub fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Limits applied to every query.
+#[derive(Clone, Debug)]
+pub struct DbLimits {
+    /// ClickHouse's `max_execution_time`, seconds.
+    pub max_execution_secs: u64,
+    /// How long a request waits for a free ClickHouse slot before it gets a 503.
+    pub queue_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    client: Client,
+    slots: Arc<Semaphore>,
+    limits: DbLimits,
+}
+
+impl Db {
+    pub fn new(client: Client, max_concurrent: usize, limits: DbLimits) -> Self {
+        Self {
+            client,
+            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            limits,
+        }
+    }
+
+    /// The semaphore that bounds concurrent ClickHouse queries. Tests hold its permits to make
+    /// concurrent cache misses pile up deterministically.
+    pub fn slots(&self) -> Arc<Semaphore> {
+        self.slots.clone()
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `sql` and returns every row. `kind` names the query on `/metrics`.
+    pub async fn fetch<T>(&self, kind: &'static str, sql: &Sql) -> Result<Vec<T>, ApiError>
+    where
+        T: RowOwned + RowRead,
+    {
+        // Structural guarantee: a query that lost its tenant predicate never runs.
+        if !sql.text.contains("{account_id:UUID}") || !sql.text.contains("{workspace_id:UUID}") {
+            tracing::error!(kind, "query without the tenant predicate refused");
+            return Err(ApiError::Internal);
+        }
+        let _slot = tokio::time::timeout(self.limits.queue_timeout, self.slots.acquire())
+            .await
+            .map_err(|_| ApiError::Busy)?
+            .map_err(|_| ApiError::Internal)?;
+        metrics::counter!("flowhouse_query_clickhouse_queries_total", "query" => kind).increment(1);
+        tracing::debug!(kind, sql = %sql.text, "ClickHouse query");
+        let started = std::time::Instant::now();
+        let mut query = self
+            .client
+            .query(&sql.text)
+            .with_setting(
+                "max_execution_time",
+                self.limits.max_execution_secs.to_string(),
+            )
+            // Duplicates of an event (same occurred and id) always share a daily partition.
+            .with_setting("do_not_merge_across_partitions_select_final", "1");
+        for (name, value) in &sql.params {
+            query = query.param(name, value);
+        }
+        let result = query.fetch_all::<T>().await;
+        metrics::histogram!("flowhouse_query_clickhouse_seconds", "query" => kind)
+            .record(started.elapsed().as_secs_f64());
+        result.map_err(|error| {
+            let text = error.to_string();
+            metrics::counter!("flowhouse_query_clickhouse_errors_total", "query" => kind)
+                .increment(1);
+            if text.contains("Code: 159.") || text.contains("TIMEOUT_EXCEEDED") {
+                tracing::warn!(kind, error = %text, "query stopped at max_execution_time");
+                ApiError::Timeout(self.limits.max_execution_secs)
+            } else {
+                tracing::error!(kind, error = %text, sql = %sql.text, "ClickHouse query failed");
+                ApiError::Upstream
+            }
+        })
+    }
+}

@@ -1,0 +1,283 @@
+//! `POST /events/count-by/{day|time|event|resource}` (prefect/server/events/counting.py).
+//!
+//! - `time` (and `day`, which is `time` with `time_unit=day, time_interval=1`): buckets of
+//!   `time_interval` × `time_unit` counted from Prefect's pivot, 2024-04-01T00:00:00Z; every
+//!   bucket from the one holding `since` up to `until` (or the end of the current unit, when
+//!   `until` is in the future) is returned, with zeros; `value` is the bucket's position, `label`
+//!   its start, `start_time`/`end_time` its bounds (end = next start − 1 µs).
+//! - `event`: per event name; `resource`: per resource id, labelled with the latest event's
+//!   `prefect.resource.name`, else `prefect.name`, else the id; most events first, ties by
+//!   label; `start_time`/`end_time` are the first and last `occurred`. At most the configured
+//!   number of rows (the largest counts).
+//!
+//! Limits as Prefect's: `time_interval` ≥ 0.01, at most 1000 buckets over the filter's window.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::filter::EventFilter;
+use super::max_window;
+use crate::auth::Reader;
+use crate::db::Sql;
+use crate::error::ApiError;
+use crate::request::JsonBody;
+use crate::window::{self, Bucket, MICROS_PER_SECOND, as_rfc3339, floor_to};
+use crate::{AppState, cached_json};
+
+/// Prefect's pivot: time buckets are counted from here.
+pub const PIVOT_MICROS: i64 = 1_711_929_600 * MICROS_PER_SECOND; // 2024-04-01T00:00:00Z
+const MAX_BUCKETS: i64 = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Countable {
+    Day,
+    Time,
+    Event,
+    Resource,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    Week,
+    #[default]
+    Day,
+    Hour,
+    Minute,
+    Second,
+}
+
+impl TimeUnit {
+    fn micros(self) -> i64 {
+        MICROS_PER_SECOND
+            * match self {
+                TimeUnit::Week => 7 * 86_400,
+                TimeUnit::Day => 86_400,
+                TimeUnit::Hour => 3_600,
+                TimeUnit::Minute => 60,
+                TimeUnit::Second => 1,
+            }
+    }
+
+    /// The last microsecond of the unit period holding `micros` (pendulum's `end_of`; weeks
+    /// start on Monday).
+    fn end_of(self, micros: i64) -> i64 {
+        // 1970-01-01 was a Thursday: Mondays are 4 days after a multiple of 7 days.
+        let offset = if self == TimeUnit::Week {
+            4 * 86_400 * MICROS_PER_SECOND
+        } else {
+            0
+        };
+        floor_to(micros - offset, self.micros()) + offset + self.micros() - 1
+    }
+}
+
+fn default_interval() -> f64 {
+    1.0
+}
+
+/// `POST /events/count-by/{countable}` body.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct CountRequest {
+    #[serde(default)]
+    pub filter: Option<EventFilter>,
+    #[serde(default)]
+    pub time_unit: TimeUnit,
+    #[serde(default = "default_interval")]
+    pub time_interval: f64,
+}
+
+/// Prefect's `EventCount`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EventCount {
+    pub value: String,
+    pub label: String,
+    pub count: u64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub start_time: i64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub end_time: i64,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct TimeRow {
+    idx: i64,
+    n: u64,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct GroupRow {
+    value: String,
+    label: String,
+    n: u64,
+    first: i64,
+    last: i64,
+}
+
+/// Prefect's label of a bucket: Python's `isoformat()` of a UTC datetime.
+fn iso_label(micros: i64) -> String {
+    let time = window::from_micros(micros);
+    if micros % MICROS_PER_SECOND == 0 {
+        time.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    } else {
+        time.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    }
+}
+
+#[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/events/count-by/{countable}",
+    params(("account_id" = String, Path), ("workspace_id" = String, Path),
+           ("countable" = Countable, Path, description = "day, time, event or resource")),
+    request_body = CountRequest,
+    responses((status = 200, body = Vec<EventCount>), (status = 401), (status = 403), (status = 422)),
+    security(("bearer" = [])), tag = "events")]
+pub async fn count_by(
+    Reader(tenant): Reader,
+    State(state): State<AppState>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CountRequest>,
+) -> Result<Response, ApiError> {
+    let countable = match params.get("countable").map(String::as_str) {
+        Some("day") => Countable::Day,
+        Some("time") => Countable::Time,
+        Some("event") => Countable::Event,
+        Some("resource") => Countable::Resource,
+        other => {
+            return Err(ApiError::unprocessable(format!(
+                "countable must be day, time, event or resource, not `{}`",
+                other.unwrap_or_default()
+            )));
+        }
+    };
+    let filter = request
+        .filter
+        .unwrap_or_default()
+        .resolve(max_window(&state))?;
+    let (unit, interval) = match countable {
+        Countable::Day => (TimeUnit::Day, 1.0),
+        _ => (request.time_unit, request.time_interval),
+    };
+    if !interval.is_finite() || interval < 0.01 {
+        return Err(ApiError::unprocessable(
+            "time_interval: the minimum interval is 0.01",
+        ));
+    }
+    let width = (interval * unit.micros() as f64).round() as i64;
+    let (since, until) = (filter.since_micros(), filter.until_micros());
+    let buckets = (until - since + width - 1) / width;
+    if buckets > MAX_BUCKETS {
+        return Err(ApiError::unprocessable(format!(
+            "The given interval would create {buckets} buckets, which is too many. Please \
+             increase the interval or reduce the time range to produce {MAX_BUCKETS} buckets or fewer."
+        )));
+    }
+    let key = serde_json::to_string(&(&filter, countable, unit, width))
+        .map_err(|_| ApiError::Internal)?;
+    let ttl = state.cache.ttl_for(until, Bucket::Hour);
+    let st = state.clone();
+    cached_json(&state, tenant, "events_count_by", key, ttl, &method, &headers, async move {
+        let mut sql = Sql::new(tenant);
+        let condition = filter.where_clause(&mut sql);
+        match countable {
+            Countable::Day | Countable::Time => {
+                let pivot = sql.bind_i64(PIVOT_MICROS);
+                let w = sql.bind_i64(width);
+                // Floor division, also before the pivot (intDiv truncates toward zero).
+                sql.push(&format!(
+                    "SELECT intDiv(x - if(x < 0, {w} - 1, 0), {w}) AS idx, count() AS n
+                     FROM (SELECT toUnixTimestamp64Micro(occurred) - {pivot} AS x
+                           FROM events FINAL WHERE {condition})
+                     GROUP BY idx"
+                ));
+                let rows: Vec<TimeRow> = st.db.fetch("events_count_time", &sql).await?;
+                let first = (since - PIVOT_MICROS).div_euclid(width);
+                let now = window::now_micros();
+                let end = if until > now { unit.end_of(now) } else { until };
+                let mut counts = Vec::new();
+                let mut start = PIVOT_MICROS + width * first;
+                while start < end {
+                    counts.push(EventCount {
+                        value: counts.len().to_string(),
+                        label: iso_label(start),
+                        count: 0,
+                        start_time: start,
+                        end_time: start + width - 1,
+                    });
+                    start += width;
+                }
+                for row in rows {
+                    if let Some(slot) = usize::try_from(row.idx - first)
+                        .ok()
+                        .and_then(|i| counts.get_mut(i))
+                    {
+                        slot.count = row.n;
+                    }
+                }
+                Ok(counts)
+            }
+            Countable::Event | Countable::Resource => {
+                let (value, label) = match countable {
+                    Countable::Event => ("CAST(event AS String)", "any(CAST(event AS String))"),
+                    _ => (
+                        "resource_id",
+                        "argMax(if(mapContains(resource, 'prefect.resource.name'), resource['prefect.resource.name'],
+                                if(mapContains(resource, 'prefect.name'), resource['prefect.name'], resource_id)),
+                                occurred)",
+                    ),
+                };
+                let limit = sql.bind("UInt64", st.settings.max_result_rows);
+                sql.push(&format!(
+                    "SELECT {value} AS value, {label} AS label, count() AS n,
+                            toUnixTimestamp64Micro(min(occurred)) AS first,
+                            toUnixTimestamp64Micro(max(occurred)) AS last
+                     FROM events FINAL WHERE {condition}
+                     GROUP BY value ORDER BY n DESC, label ASC LIMIT {limit}"
+                ));
+                let rows: Vec<GroupRow> = st.db.fetch("events_count_group", &sql).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| EventCount {
+                        value: r.value,
+                        label: r.label,
+                        count: r.n,
+                        start_time: r.first,
+                        end_time: r.last,
+                    })
+                    .collect::<Vec<_>>())
+            }
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pivot_and_labels_match_prefect() {
+        assert_eq!(window::rfc3339(PIVOT_MICROS), "2024-04-01T00:00:00.000000Z");
+        assert_eq!(iso_label(PIVOT_MICROS), "2024-04-01T00:00:00+00:00");
+        assert_eq!(
+            iso_label(PIVOT_MICROS + 5),
+            "2024-04-01T00:00:00.000005+00:00"
+        );
+        // 2024-04-01 is a Monday: the week ending there ends on Sunday 2024-04-07.
+        assert_eq!(
+            TimeUnit::Week.end_of(PIVOT_MICROS + 1),
+            PIVOT_MICROS + 7 * 86_400 * MICROS_PER_SECOND - 1
+        );
+        assert_eq!(
+            TimeUnit::Day.end_of(PIVOT_MICROS + 1),
+            PIVOT_MICROS + 86_400 * MICROS_PER_SECOND - 1
+        );
+    }
+}

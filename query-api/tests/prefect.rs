@@ -1,0 +1,913 @@
+//! The Prefect-compatible endpoints equal the answers computed from the generated data; paging
+//! walks every match once; no route ever shows another tenant's rows; hostile strings are data;
+//! caching headers; clear 4xx for bad requests.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::truth::{self, Run};
+use common::workload::{DAY, Ev, HOSTILE, HOUR, rfc3339};
+use common::{Harness, q};
+use flowhouse_query_api::Settings;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn micros(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .timestamp_micros()
+}
+
+fn has_related(ev: &Ev, role: &str, id: &str) -> bool {
+    ev.related.iter().any(|r| {
+        r.iter()
+            .any(|(k, v)| k == "prefect.resource.role" && v == role)
+            && r.iter().any(|(k, v)| k == "prefect.resource.id" && v == id)
+    })
+}
+
+/// Walks every page of `filter` (limit per page) and returns the events in order, checking
+/// `total` on every page.
+async fn walk(
+    h: &Harness,
+    key: &str,
+    tenant: flowhouse_schema::Tenant,
+    filter: Value,
+    limit: u64,
+) -> (u64, Vec<Value>) {
+    let mut page = h
+        .post_json(
+            key,
+            &h.url(tenant, "events/filter"),
+            &json!({"filter": filter, "limit": limit}),
+        )
+        .await;
+    let total = page["total"].as_u64().unwrap();
+    let mut events: Vec<Value> = page["events"].as_array().unwrap().clone();
+    while let Some(next) = page["next_page"].as_str() {
+        assert!(
+            page["events"].as_array().unwrap().len() as u64 == limit,
+            "only a full page has a next page"
+        );
+        let response = h.http.get(next).bearer_auth(key).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        page = response.json().await.unwrap();
+        assert_eq!(page["total"].as_u64().unwrap(), total);
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+    }
+    (total, events)
+}
+
+fn ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn event_search_count_logs_and_history_equal_ground_truth() {
+    let mut h = Harness::start("qa_prefect", 2, Settings::default()).await;
+    h.load(11, 120).await;
+    let events = truth::unique(&h.events);
+    let t = &h.tenants[0];
+    let mine: Vec<&Ev> = events.iter().filter(|e| e.tenant == t.tenant).collect();
+    let (since, until) = (h.base + DAY + 3 * HOUR, h.base + 4 * DAY);
+    let occurred = json!({"since": rfc3339(since), "until": rfc3339(until)});
+    let in_window = |e: &&&Ev| e.occurred >= since && e.occurred <= until;
+    let runs = truth::runs(&events, t.tenant, "flow-run");
+    let flow = runs.values().next().unwrap().flow.clone();
+    let hostile_flow = runs
+        .values()
+        .find(|r| r.flow.starts_with(HOSTILE))
+        .unwrap()
+        .flow
+        .clone();
+    let a_task = mine
+        .iter()
+        .find(|e| {
+            e.event.starts_with("prefect.task-run.") && e.occurred >= since && e.occurred <= until
+        })
+        .unwrap();
+    let a_task_id = a_task.label("prefect.resource.id").unwrap().to_string();
+
+    type Pred<'a> = Box<dyn Fn(&Ev) -> bool + 'a>;
+    let cases: Vec<(Value, Pred)> = vec![
+        (
+            json!({"occurred": occurred, "order": "ASC"}),
+            Box::new(|_| true),
+        ),
+        (
+            json!({"occurred": occurred, "event": {"prefix": ["prefect.flow-run."]}}),
+            Box::new(|e| e.event.starts_with("prefect.flow-run.")),
+        ),
+        (
+            json!({"occurred": occurred, "event": {"name": ["prefect.flow-run.Late", "prefect.task-run.Failed"]}}),
+            Box::new(|e| {
+                e.event == "prefect.flow-run.Late" || e.event == "prefect.task-run.Failed"
+            }),
+        ),
+        (
+            json!({"occurred": occurred, "event": {"prefix": ["prefect.flow-run."], "exclude_name": ["prefect.flow-run.Completed"], "exclude_prefix": ["prefect.flow-run.P"]}}),
+            Box::new(|e| {
+                e.event.starts_with("prefect.flow-run.")
+                    && e.event != "prefect.flow-run.Completed"
+                    && !e.event.starts_with("prefect.flow-run.P")
+            }),
+        ),
+        (
+            json!({"occurred": occurred, "related": {"role": ["flow"], "id": [format!("prefect.flow.{flow}")]}}),
+            Box::new(|e| has_related(e, "flow", &format!("prefect.flow.{flow}"))),
+        ),
+        (
+            json!({"occurred": occurred, "related": [{"resources_in_roles": [[format!("prefect.flow.{hostile_flow}"), "flow"]]}, {"role": ["tag"]}]}),
+            Box::new(|e| {
+                has_related(e, "flow", &format!("prefect.flow.{hostile_flow}"))
+                    && e.related.iter().any(|r| {
+                        r.iter()
+                            .any(|(k, v)| k == "prefect.resource.role" && v == "tag")
+                    })
+            }),
+        ),
+        (
+            json!({"occurred": occurred, "resource": {"labels": {"prefect.resource.id": "prefect.task-run.*", "prefect.state-type": ["FAILED", "CRASHED"]}}}),
+            Box::new(|e| {
+                e.event.starts_with("prefect.task-run.")
+                    && matches!(e.label("prefect.state-type"), Some("FAILED" | "CRASHED"))
+            }),
+        ),
+        (
+            json!({"occurred": occurred, "resource": {"id_prefix": ["prefect.flow-run."], "labels": {"prefect.state-name": ["!Completed", "!Pend*"]}}}),
+            Box::new(|e| {
+                e.event.starts_with("prefect.flow-run.")
+                    && e.label("prefect.state-name")
+                        .is_some_and(|n| n != "Completed" && !n.starts_with("Pend"))
+            }),
+        ),
+        (
+            json!({"occurred": occurred, "resource": {"id": [a_task_id.clone()]}}),
+            Box::new(|e| e.label("prefect.resource.id") == Some(a_task_id.as_str())),
+        ),
+        (
+            json!({"occurred": occurred, "any_resource": {"id": ["prefect.tag.nightly"]}}),
+            Box::new(|e| has_related(e, "tag", "prefect.tag.nightly")),
+        ),
+        (
+            json!({"occurred": occurred, "any_resource": [{"id_prefix": ["prefect.task-run."]}, {"labels": {"prefect.resource.role": "work-pool"}}]}),
+            Box::new(|e| {
+                e.event.starts_with("prefect.task-run.")
+                    && e.related.iter().any(|r| {
+                        r.iter()
+                            .any(|(k, v)| k == "prefect.resource.role" && v == "work-pool")
+                    })
+            }),
+        ),
+        (
+            json!({"occurred": occurred, "id": {"id": [a_task.id]}}),
+            Box::new(|e| e.id == a_task.id),
+        ),
+        // Hostile strings are plain data: they match what equals them, and nothing breaks.
+        (
+            json!({"occurred": occurred, "resource": {"labels": {HOSTILE: HOSTILE}}}),
+            Box::new(|_| false),
+        ),
+        (
+            json!({"occurred": occurred, "event": {"prefix": [HOSTILE], "name": ["x' OR 1=1 --"]}}),
+            Box::new(|_| false),
+        ),
+        (
+            json!({"occurred": occurred, "related": {"id": [format!("prefect.tag.{HOSTILE}")]}}),
+            Box::new(|e| has_related(e, "tag", &format!("prefect.tag.{HOSTILE}"))),
+        ),
+    ];
+    for (i, (filter, keep)) in cases.iter().enumerate() {
+        let expected: BTreeSet<String> = mine
+            .iter()
+            .filter(in_window)
+            .filter(|e| keep(e))
+            .map(|e| e.id.to_string())
+            .collect();
+        let asc = filter["order"] == "ASC";
+        let (total, got) = walk(&h, &t.key, t.tenant, filter.clone(), 37).await;
+        assert_eq!(total as usize, expected.len(), "case {i}: total");
+        let got_ids = ids(&got);
+        let unique: BTreeSet<String> = got_ids.iter().cloned().collect();
+        assert_eq!(unique.len(), got_ids.len(), "case {i}: an event repeated");
+        assert_eq!(unique, expected, "case {i}: {filter}");
+        let times: Vec<i64> = got.iter().map(|e| micros(&e["occurred"])).collect();
+        let mut sorted = times.clone();
+        sorted.sort();
+        if !asc {
+            sorted.reverse();
+        }
+        assert_eq!(times, sorted, "case {i}: order");
+    }
+    // The shape of a returned event is Prefect's ReceivedEvent.
+    let page = h
+        .post_json(
+            &t.key,
+            &h.url(t.tenant, "events/filter"),
+            &json!({"filter": {"occurred": occurred, "id": {"id": [a_task.id]}}}),
+        )
+        .await;
+    let e = &page["events"][0];
+    assert_eq!(e["id"], a_task.id.to_string());
+    assert_eq!(e["event"], a_task.event);
+    assert_eq!(e["resource"]["prefect.resource.id"], a_task_id);
+    assert_eq!(e["payload"], a_task.payload);
+    assert_eq!(micros(&e["occurred"]), a_task.occurred);
+    assert_eq!(micros(&e["received"]), a_task.received);
+    assert!(
+        e["related"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["prefect.resource.role"].is_string())
+    );
+    assert!(page["next_page"].is_null());
+
+    // count-by event and resource.
+    let windowed: Vec<&&Ev> = mine.iter().filter(in_window).collect();
+    let body = h
+        .post_json(
+            &t.key,
+            &h.url(t.tenant, "events/count-by/event"),
+            &json!({"filter": {"occurred": occurred}}),
+        )
+        .await;
+    let mut expected: BTreeMap<String, (u64, i64, i64)> = BTreeMap::new();
+    for e in &windowed {
+        let x = expected
+            .entry(e.event.clone())
+            .or_insert((0, i64::MAX, i64::MIN));
+        *x = (x.0 + 1, x.1.min(e.occurred), x.2.max(e.occurred));
+    }
+    let mut expected: Vec<(String, u64, i64, i64)> = expected
+        .into_iter()
+        .map(|(k, (n, a, b))| (k, n, a, b))
+        .collect();
+    expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let got: Vec<(String, u64, i64, i64)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["value"], c["label"]);
+            (
+                c["value"].as_str().unwrap().into(),
+                c["count"].as_u64().unwrap(),
+                micros(&c["start_time"]),
+                micros(&c["end_time"]),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected, "count by event");
+
+    let body = h
+        .post_json(
+            &t.key,
+            &h.url(t.tenant, "events/count-by/resource"),
+            &json!({"filter": {"occurred": occurred, "event": {"prefix": ["prefect.flow-run."]}}}),
+        )
+        .await;
+    let mut expected: BTreeMap<String, (u64, i64, String)> = BTreeMap::new();
+    for e in windowed
+        .iter()
+        .filter(|e| e.event.starts_with("prefect.flow-run."))
+    {
+        let id = e.label("prefect.resource.id").unwrap().to_string();
+        let x = expected.entry(id).or_insert((0, i64::MIN, String::new()));
+        x.0 += 1;
+        if e.occurred > x.1 {
+            x.1 = e.occurred;
+            x.2 = e.label("prefect.resource.name").unwrap().to_string();
+        }
+    }
+    let mut expected: Vec<(String, String, u64)> = expected
+        .into_iter()
+        .map(|(id, (n, _, label))| (id, label, n))
+        .collect();
+    expected.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+    let got: Vec<(String, String, u64)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["value"].as_str().unwrap().into(),
+                c["label"].as_str().unwrap().into(),
+                c["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let sorted_counts = |v: &[(String, String, u64)]| {
+        v.iter()
+            .map(|x| (x.2, x.1.clone(), x.0.clone()))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        sorted_counts(&got),
+        sorted_counts(&expected),
+        "count by resource"
+    );
+
+    // count-by time: 6-hour buckets from Prefect's pivot, gap-filled.
+    let body = h
+        .post_json(
+            &t.key,
+            &h.url(t.tenant, "events/count-by/time"),
+            &json!({"filter": {"occurred": occurred}, "time_unit": "hour", "time_interval": 6}),
+        )
+        .await;
+    let pivot = 1_711_929_600_000_000i64;
+    let width = 6 * HOUR;
+    let first = (since - pivot).div_euclid(width);
+    let list = body.as_array().unwrap();
+    let mut total = 0;
+    for (i, c) in list.iter().enumerate() {
+        let start = pivot + (first + i as i64) * width;
+        assert_eq!(c["value"], i.to_string());
+        assert_eq!(micros(&c["start_time"]), start);
+        assert_eq!(micros(&c["end_time"]), start + width - 1);
+        let n = windowed
+            .iter()
+            .filter(|e| e.occurred >= start && e.occurred < start + width)
+            .count() as u64;
+        assert_eq!(c["count"].as_u64().unwrap(), n, "time bucket {i}");
+        total += n;
+    }
+    assert_eq!(total as usize, windowed.len());
+    let last = micros(&list.last().unwrap()["start_time"]);
+    assert!(
+        last < until && last + width >= until,
+        "buckets run up to until"
+    );
+
+    // day: the legacy countable is time with one-day buckets.
+    let body = h
+        .post_json(
+            &t.key,
+            &h.url(t.tenant, "events/count-by/day"),
+            &json!({"filter": {"occurred": occurred}, "time_unit": "second"}),
+        )
+        .await;
+    assert_eq!(
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["count"].as_u64().unwrap())
+            .sum::<u64>() as usize,
+        windowed.len()
+    );
+
+    // logs/filter: one run's logs in order; then levels and a time range, paged.
+    let run_id = h
+        .logs
+        .iter()
+        .find(|l| l.tenant == t.tenant && l.flow_run_id.is_some())
+        .unwrap()
+        .flow_run_id
+        .unwrap();
+    let mut expected: Vec<(i64, String)> = h
+        .logs
+        .iter()
+        .filter(|l| l.tenant == t.tenant && l.flow_run_id == Some(run_id))
+        .map(|l| (l.timestamp, l.message.clone()))
+        .collect();
+    expected.sort();
+    let body = h
+        .post_json(
+            &t.key,
+            &h.url(t.tenant, "logs/filter"),
+            &json!({"logs": {"operator": "and_", "flow_run_id": {"any_": [run_id]}}}),
+        )
+        .await;
+    let got: Vec<(i64, String)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                micros(&l["timestamp"]),
+                l["message"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected, "logs of one run");
+    let mut expected: Vec<i64> = h
+        .logs
+        .iter()
+        .filter(|l| {
+            l.tenant == t.tenant
+                && l.level >= 30
+                && l.timestamp >= since
+                && l.timestamp <= until
+                && l.task_run_id.is_none()
+        })
+        .map(|l| l.timestamp)
+        .collect();
+    expected.sort();
+    expected.reverse();
+    let mut got = Vec::new();
+    for offset in (0..).step_by(25) {
+        let body = h.post_json(&t.key, &h.url(t.tenant, "logs/filter"), &json!({
+            "logs": {"level": {"ge_": 30}, "timestamp": {"after_": rfc3339(since), "before_": rfc3339(until)}, "task_run_id": {"is_null_": true}},
+            "sort": "TIMESTAMP_DESC", "limit": 25, "offset": offset})).await;
+        let page = body.as_array().unwrap();
+        got.extend(page.iter().map(|l| micros(&l["timestamp"])));
+        for l in page {
+            assert!(
+                l["id"].is_string()
+                    && l["created"].is_string()
+                    && l["level"].as_u64().unwrap() >= 30
+            );
+        }
+        if page.len() < 25 {
+            break;
+        }
+    }
+    assert_eq!(got, expected, "logs by level and time, paged");
+
+    // flow_runs/history: 6-hour intervals over the data, by current state.
+    let (start, end) = (h.base, h.base + 5 * DAY + 7 * HOUR);
+    let body = h.post_json(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({
+        "history_start": rfc3339(start), "history_end": rfc3339(end), "history_interval_seconds": 21600.0,
+        "flows": {"operator": "and_"}, "flow_runs": {"tags": {"any_": ["nightly", HOSTILE]}}})).await;
+    let keep = |r: &Run| r.tags.contains("nightly") || r.tags.contains(HOSTILE);
+    check_history(&body, &runs, start, end, 6 * HOUR, keep);
+    let body = h.post_json(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({
+        "history_start": rfc3339(start), "history_end": rfc3339(end), "history_interval_seconds": 86400,
+        "flow_runs": {"state": {"type": {"any_": ["FAILED", "RUNNING"]}}}})).await;
+    check_history(&body, &runs, start, end, DAY, |r| {
+        let t = current_type(r);
+        t == "FAILED" || t == "RUNNING"
+    });
+    h.finish().await;
+}
+
+fn current_type(r: &Run) -> String {
+    if r.end == Some(r.last_seen) {
+        r.final_type.clone()
+    } else {
+        truth::prefect_type(&r.last_name)
+    }
+}
+
+fn check_history(
+    body: &Value,
+    runs: &BTreeMap<String, Run>,
+    start: i64,
+    end: i64,
+    width: i64,
+    keep: impl Fn(&Run) -> bool,
+) {
+    let n = (end - start + width - 1) / width;
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len() as i64, n);
+    let mut expected: BTreeMap<(i64, String, String), (u64, i64, i64)> = BTreeMap::new();
+    for r in runs.values().filter(|r| keep(r)) {
+        let anchor = r.expected.unwrap_or(r.first_seen);
+        if anchor < start || anchor >= start + n * width {
+            continue;
+        }
+        let i = (anchor - start) / width;
+        let run_time = r.start.map_or(0, |s| r.last_seen - s);
+        let lateness = match (r.start, r.expected) {
+            (Some(s), Some(e)) => (s - e).max(0),
+            _ => 0,
+        };
+        let x = expected
+            .entry((i, current_type(r), r.last_name.clone()))
+            .or_default();
+        *x = (x.0 + 1, x.1 + run_time, x.2 + lateness);
+    }
+    let mut got = BTreeMap::new();
+    for (i, interval) in list.iter().enumerate() {
+        assert_eq!(
+            micros(&interval["interval_start"]),
+            start + i as i64 * width
+        );
+        assert_eq!(
+            micros(&interval["interval_end"]),
+            start + (i as i64 + 1) * width
+        );
+        for s in interval["states"].as_array().unwrap() {
+            got.insert(
+                (
+                    i as i64,
+                    s["state_type"].as_str().unwrap().to_string(),
+                    s["state_name"].as_str().unwrap().to_string(),
+                ),
+                (
+                    s["count_runs"].as_u64().unwrap(),
+                    (s["sum_estimated_run_time"].as_f64().unwrap() * 1e6).round() as i64,
+                    (s["sum_estimated_lateness"].as_f64().unwrap() * 1e6).round() as i64,
+                ),
+            );
+        }
+    }
+    assert_eq!(got, expected, "flow run history");
+}
+
+#[tokio::test]
+async fn paging_walks_thousands_of_events_with_no_gaps_and_no_repeats() {
+    let mut h = Harness::start("qa_paging", 2, Settings::default()).await;
+    h.load(5, 40).await;
+    // Thousands of events of one tenant, many sharing the same `occurred` (ties are where
+    // keyset paging goes wrong), some resent with the same id.
+    let t = h.tenants[0].tenant;
+    let at = h.base + DAY;
+    let rows: Vec<flowhouse_schema::rows::EventRow> = (0..4000)
+        .map(|i| Ev {
+            tenant: t,
+            id: Uuid::new_v4(),
+            occurred: at + (i / 7) as i64 * 1_000,
+            event: "bulk.thing.happened".into(),
+            resource: vec![("prefect.resource.id".into(), format!("bulk.{}", i % 13))],
+            related: vec![],
+            payload: json!({"i": i}),
+            received: at,
+        })
+        .map(|e| e.row())
+        .collect();
+    common::insert_events(&h.client, &rows).await;
+    common::insert_events(&h.client, &rows[..500]).await;
+    for (order, limit) in [("ASC", 50), ("DESC", 200), ("ASC", 23)] {
+        let filter = json!({"occurred": {"since": rfc3339(at - HOUR), "until": rfc3339(at + HOUR)}, "event": {"prefix": ["bulk."]}, "order": order});
+        let (total, events) = walk(&h, &h.tenants[0].key, t, filter, limit).await;
+        assert_eq!(total, 4000);
+        let got = ids(&events);
+        let unique: BTreeSet<&String> = got.iter().collect();
+        assert_eq!(got.len(), 4000, "{order} {limit}: every event once");
+        assert_eq!(unique.len(), 4000, "{order} {limit}: no repeats");
+        let expected: BTreeSet<String> = rows.iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(
+            unique.into_iter().cloned().collect::<BTreeSet<_>>(),
+            expected
+        );
+        let times: Vec<i64> = events.iter().map(|e| micros(&e["occurred"])).collect();
+        assert!(times.windows(2).all(|w| if order == "ASC" {
+            w[0] <= w[1]
+        } else {
+            w[0] >= w[1]
+        }));
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn no_route_ever_returns_another_tenants_rows() {
+    let mut h = Harness::start("qa_tenants", 3, Settings::default()).await;
+    h.load(3, 60).await;
+    let (a, b) = (&h.tenants[0], &h.tenants[1]);
+    let window = json!({"since": rfc3339(h.base), "until": rfc3339(h.base + 6 * DAY)});
+    let metric_query = q(&[
+        ("since", &rfc3339(h.base)),
+        ("until", &rfc3339(h.base + 6 * DAY)),
+    ]);
+    let gets = [
+        "metrics/flow-runs",
+        "metrics/late-runs",
+        "metrics/durations",
+        "metrics/top-failing",
+        "metrics/task-runs",
+        "metrics/logs",
+    ];
+    // Tenant-looking fields in bodies are either refused or ignored, never obeyed.
+    let smuggle = json!({"account_id": b.tenant.account_id, "workspace_id": b.tenant.workspace_id, "tenant": b.tenant.workspace_id});
+    let posts = vec![
+        (
+            "events/filter",
+            json!({"filter": {"occurred": window}, "limit": 200, "account_id": b.tenant.account_id, "workspace_id": b.tenant.workspace_id}),
+        ),
+        (
+            "events/count-by/resource",
+            json!({"filter": {"occurred": window}, "workspace": b.tenant.workspace_id}),
+        ),
+        (
+            "events/count-by/time",
+            json!({"filter": {"occurred": window}, "time_unit": "hour", "account": b.tenant.account_id}),
+        ),
+        (
+            "logs/filter",
+            json!({"logs": {"timestamp": {"after_": rfc3339(h.base)}}, "limit": 200, "account_id": b.tenant.account_id}),
+        ),
+        (
+            "flow_runs/history",
+            json!({"history_start": rfc3339(h.base), "history_end": rfc3339(h.base + 5 * DAY), "history_interval_seconds": 86400, "workspace_id": b.tenant.workspace_id}),
+        ),
+    ];
+    let unknown = "fh_nobody_0000";
+    // Wrong key, no key, unknown key, write-only key: 403 / 401 on every route.
+    for path in gets {
+        let url = h.url(a.tenant, path);
+        assert_eq!(
+            h.get(&b.key, &url, &metric_query).await.status(),
+            StatusCode::FORBIDDEN,
+            "{path} with another tenant's key"
+        );
+        assert_eq!(
+            h.http.get(&url).send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} without a key"
+        );
+        assert_eq!(
+            h.get(unknown, &url, &metric_query).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            h.get(&h.write_only_key, &url, &metric_query).await.status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+    for (path, body) in &posts {
+        let url = h.url(a.tenant, path);
+        assert_eq!(
+            h.post(&b.key, &url, body).await.status(),
+            StatusCode::FORBIDDEN,
+            "{path} with another tenant's key"
+        );
+        assert_eq!(
+            h.http.post(&url).json(body).send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            h.post(unknown, &url, body).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            h.post(&h.write_only_key, &url, body).await.status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+    // With its own key, tenant A sees only its own rows whatever the body says.
+    let events = truth::unique(&h.events);
+    let a_resources: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e.tenant == a.tenant)
+        .map(|e| e.label("prefect.resource.id").unwrap().to_string())
+        .collect();
+    let a_ids: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e.tenant == a.tenant)
+        .map(|e| e.id.to_string())
+        .collect();
+    let a_runs: BTreeSet<String> = h
+        .logs
+        .iter()
+        .filter(|l| l.tenant == a.tenant)
+        .filter_map(|l| l.flow_run_id.map(|i| i.to_string()))
+        .collect();
+    let page = h
+        .post_json(&a.key, &h.url(a.tenant, posts[0].0), &posts[0].1)
+        .await;
+    assert!(
+        ids(page["events"].as_array().unwrap())
+            .iter()
+            .all(|id| a_ids.contains(id))
+    );
+    assert_eq!(page["total"].as_u64().unwrap() as usize, a_ids.len());
+    let counts = h
+        .post_json(&a.key, &h.url(a.tenant, posts[1].0), &posts[1].1)
+        .await;
+    assert!(
+        counts
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| a_resources.contains(c["value"].as_str().unwrap()))
+    );
+    let logs = h
+        .post_json(&a.key, &h.url(a.tenant, posts[3].0), &posts[3].1)
+        .await;
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["flow_run_id"].is_null()
+                || a_runs.contains(l["flow_run_id"].as_str().unwrap()))
+    );
+    // Tenant-looking fields inside a filter are refused (Prefect's filters forbid extra fields).
+    let response = h
+        .post(
+            &a.key,
+            &h.url(a.tenant, "events/filter"),
+            &json!({"filter": smuggle}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(response.text().await.unwrap().contains("account_id"));
+    // Path tricks: another workspace of the same account, malformed ids.
+    let same_account = flowhouse_schema::Tenant {
+        account_id: a.tenant.account_id,
+        workspace_id: h.tenants[1].tenant.workspace_id,
+    };
+    assert_eq!(
+        h.get(&a.key, &h.url(same_account, "metrics/logs"), &[])
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let bad = format!(
+        "{}/api/accounts/{}/workspaces/not-a-uuid/metrics/logs",
+        h.base_url, a.tenant.account_id
+    );
+    assert_eq!(
+        h.get(&a.key, &bad, &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Page tokens: B's token on A's path with A's key, and tampered tokens, are 403s.
+    let b_page = h
+        .post_json(
+            &b.key,
+            &h.url(b.tenant, "events/filter"),
+            &json!({"filter": {"occurred": window}, "limit": 5}),
+        )
+        .await;
+    let b_next = b_page["next_page"].as_str().unwrap();
+    let token = b_next.split("page-token=").nth(1).unwrap();
+    let a_next = h.url(a.tenant, &format!("events/filter/next?page-token={token}"));
+    assert_eq!(
+        h.http
+            .get(&a_next)
+            .bearer_auth(&a.key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        h.http
+            .get(b_next)
+            .bearer_auth(&a.key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        h.http
+            .get(b_next)
+            .bearer_auth(&b.key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let (payload, mac) = token.split_once('.').unwrap();
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut state: Value = serde_json::from_slice(&engine.decode(payload).unwrap()).unwrap();
+    state["tenant"]["workspace_id"] = json!(a.tenant.workspace_id);
+    state["tenant"]["account_id"] = json!(a.tenant.account_id);
+    let forged = format!(
+        "{}.{mac}",
+        engine.encode(serde_json::to_vec(&state).unwrap())
+    );
+    for token in [forged.as_str(), "garbage", "", "a.b"] {
+        let url = h.url(a.tenant, &format!("events/filter/next?page-token={token}"));
+        assert_eq!(
+            h.http
+                .get(&url)
+                .bearer_auth(&a.key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::FORBIDDEN,
+            "token {token:?}"
+        );
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn caching_headers_bad_requests_and_openapi() {
+    let mut h = Harness::start("qa_http", 1, Settings::default()).await;
+    h.load(9, 30).await;
+    let t = &h.tenants[0];
+    let url = h.url(t.tenant, "metrics/flow-runs");
+    let query = q(&[
+        ("since", &rfc3339(h.base)),
+        ("until", &rfc3339(h.base + 2 * DAY)),
+    ]);
+    let first = h.get(&t.key, &url, &query).await;
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let cache_control = first.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cache_control.starts_with("private, max-age="),
+        "{cache_control}"
+    );
+    // A window over settled buckets lives long: more than the freshness.
+    let max_age: u64 = cache_control.rsplit('=').next().unwrap().parse().unwrap();
+    assert!(max_age > 10, "settled window: long max-age, got {max_age}");
+    let again = h
+        .http
+        .get(&url)
+        .bearer_auth(&t.key)
+        .query(&query)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    let other = h
+        .http
+        .get(&url)
+        .bearer_auth(&t.key)
+        .query(&query)
+        .header("if-none-match", "\"nope\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // The default window covers the open bucket: fresh answers only.
+    let open = h.get(&t.key, &url, &[]).await;
+    let open_age: u64 = open.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(open_age <= 10, "open bucket: short max-age, got {open_age}");
+
+    // Bad requests: a 4xx and a message saying what is wrong.
+    let cases: Vec<(reqwest::Response, u16, &str)> = vec![
+        (h.get(&t.key, &url, &q(&[("bucket", "week")])).await, 400, "bucket"),
+        (h.get(&t.key, &url, &q(&[("since", "yesterday")])).await, 400, "since"),
+        (h.get(&t.key, &url, &q(&[("since", &rfc3339(h.base - 60 * DAY))])).await, 400, "days"),
+        (h.get(&t.key, &url, &q(&[("flows", "x")])).await, 400, "unknown query parameter `flows`"),
+        (h.get(&t.key, &h.url(t.tenant, "metrics/top-failing"), &q(&[("limit", "1000")])).await, 400, "limit"),
+        (h.post(&t.key, &h.url(t.tenant, "events/filter"), &json!({"filter": {"event": {"prefix": "x"}}})).await, 422, "filter.event.prefix"),
+        (h.post(&t.key, &h.url(t.tenant, "events/filter"), &json!({"filter": {"text": {"query": "x"}}})).await, 422, "text"),
+        (h.post(&t.key, &h.url(t.tenant, "events/filter"), &json!({"limit": 100000})).await, 422, "limit"),
+        (h.post(&t.key, &h.url(t.tenant, "events/count-by/color"), &json!({})).await, 422, "countable"),
+        (h.post(&t.key, &h.url(t.tenant, "events/count-by/time"), &json!({"time_unit": "second"})).await, 422, "buckets"),
+        (h.post(&t.key, &h.url(t.tenant, "logs/filter"), &json!({"logs": {"level": {"gt_": 3}}})).await, 422, "gt_"),
+        (h.post(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({"history_start": rfc3339(h.base), "history_end": rfc3339(h.base + DAY), "history_interval_seconds": 0.5})).await, 422, "1 second"),
+        (h.post(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({"history_start": rfc3339(h.base)})).await, 422, "history_end"),
+        (h.http.post(h.url(t.tenant, "events/filter")).bearer_auth(&t.key).body("{not json").send().await.unwrap(), 400, "JSON"),
+    ];
+    for (response, status, needle) in cases {
+        assert_eq!(response.status().as_u16(), status);
+        let text = response.text().await.unwrap();
+        assert!(text.contains(needle), "expected {needle:?} in {text}");
+    }
+
+    // The OpenAPI document lists every route, and the admin routes answer.
+    let doc: Value = h
+        .http
+        .get(format!("{}/openapi.json", h.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "metrics/flow-runs",
+        "metrics/late-runs",
+        "metrics/durations",
+        "metrics/top-failing",
+        "metrics/task-runs",
+        "metrics/logs",
+        "events/filter",
+        "events/filter/next",
+        "events/count-by/{countable}",
+        "logs/filter",
+        "flow_runs/history",
+    ] {
+        assert!(
+            paths.contains_key(&format!(
+                "/api/accounts/{{account_id}}/workspaces/{{workspace_id}}/{p}"
+            )),
+            "{p} in openapi.json"
+        );
+    }
+    for admin in ["healthz", "readyz", "metrics"] {
+        assert_eq!(
+            h.http
+                .get(format!("{}/{admin}", h.base_url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    h.finish().await;
+}
