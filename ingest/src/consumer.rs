@@ -35,6 +35,12 @@ use crate::telemetry;
 /// How long a revocation waits for the revoked partitions' flushes to reach a safe point.
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
+/// How often stored offsets are committed to Kafka. Commits are advisory (the manifest is where
+/// partitions resume), so they are batched like Kafka's auto-commit rather than sent per batch:
+/// a commit shares the group coordinator connection with heartbeats, and a slow broker answering
+/// one commit per batch starves the heartbeats until the member is thrown out of its group.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The running ingest service.
 pub struct Ingest {
     consumer: Arc<StreamConsumer<IngestContext>>,
@@ -168,6 +174,10 @@ impl Ingest {
                     let now = Instant::now();
                     for partition in state.partitions.values_mut() {
                         partition.batcher.close_due(&self.batching, now);
+                    }
+                    if now.duration_since(state.last_commit) >= COMMIT_INTERVAL {
+                        state.last_commit = now;
+                        self.commit_stored(&mut state, CommitMode::Async);
                     }
                 }
             }
@@ -321,11 +331,9 @@ impl Ingest {
                 generation,
                 next_offset,
             } => {
-                let topic = self.topics[&key.0].clone();
                 if let Some(partition) = state.current(key, generation) {
                     partition.flushing = None;
-                    partition.committed = Some(next_offset);
-                    self.commit(&topic, key.1, next_offset, CommitMode::Async);
+                    partition.stored = Some(next_offset);
                 }
             }
             Finished::Abandoned { key, generation } => {
@@ -336,24 +344,37 @@ impl Ingest {
         }
     }
 
-    fn commit(&self, topic: &str, partition: i32, next_offset: i64, mode: CommitMode) {
+    /// Commits the offsets stored since the last commit, one request for all partitions.
+    fn commit_stored(&self, state: &mut State, mode: CommitMode) {
         let mut offsets = TopicPartitionList::new();
-        if offsets
-            .add_partition_offset(topic, partition, Offset::Offset(next_offset))
-            .is_err()
-        {
+        let mut committing = Vec::new();
+        for ((table, partition), state) in &state.partitions {
+            if let Some(next) = state.stored.filter(|&next| state.committed != Some(next)) {
+                let topic = &self.topics[table];
+                if offsets
+                    .add_partition_offset(topic, *partition, Offset::Offset(next))
+                    .is_ok()
+                {
+                    committing.push((*table, *partition, next));
+                }
+            }
+        }
+        if committing.is_empty() {
             return;
         }
         match self.consumer.commit(&offsets, mode) {
             Ok(()) => {
-                metrics::gauge!(telemetry::COMMITTED_OFFSET, "topic" => topic.to_string(), "partition" => partition.to_string())
-                    .set(next_offset as f64);
+                for (table, partition, next) in committing {
+                    metrics::gauge!(telemetry::COMMITTED_OFFSET, "topic" => self.topics[&table].to_string(), "partition" => partition.to_string())
+                        .set(next as f64);
+                    if let Some(state) = state.partitions.get_mut(&(table, partition)) {
+                        state.committed = Some(next);
+                    }
+                }
             }
-            // The rows are in ClickHouse; whoever consumes next replays the range and the
-            // duplicate insert is dropped. Nothing to do but say so.
-            Err(error) => {
-                tracing::warn!(topic, partition, next_offset, %error, "commit failed; the range will be replayed");
-            }
+            // The rows are in ClickHouse and the manifest says where to resume: a lost commit
+            // only makes the broker's view of the group's lag stale. Nothing to do but say so.
+            Err(error) => tracing::warn!(%error, "commit failed; it is retried with the next one"),
         }
     }
 
@@ -466,22 +487,8 @@ impl Ingest {
                 }
             }
         }
-        // The async commits above may still be queued: make the final offsets durable.
-        let mut offsets = TopicPartitionList::new();
-        for ((table, partition), state) in &state.partitions {
-            if let Some(next) = state.committed {
-                let _ = offsets.add_partition_offset(
-                    &self.topics[table],
-                    *partition,
-                    Offset::Offset(next),
-                );
-            }
-        }
-        if offsets.count() > 0
-            && let Err(error) = self.consumer.commit(&offsets, CommitMode::Sync)
-        {
-            tracing::warn!(%error, "final commit failed; the last ranges will be replayed");
-        }
+        // Make the final offsets durable before leaving the group.
+        self.commit_stored(&mut state, CommitMode::Sync);
         let left: usize = state
             .partitions
             .values()
@@ -587,13 +594,25 @@ enum Finished {
     },
 }
 
-#[derive(Default)]
 struct State {
     partitions: HashMap<(Table, i32), Partition>,
     /// Partitions waiting for their first message at their resume position.
     gates: HashMap<(Table, i32), Gate>,
     next_generation: u64,
     paused: bool,
+    last_commit: Instant,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            partitions: HashMap::new(),
+            gates: HashMap::new(),
+            next_generation: 0,
+            paused: false,
+            last_commit: Instant::now(),
+        }
+    }
 }
 
 impl State {
@@ -610,6 +629,8 @@ struct Partition {
     generation: u64,
     /// Bytes of the batch being flushed, if one is.
     flushing: Option<usize>,
+    /// The offset after the last batch ClickHouse acknowledged, and the last one committed.
+    stored: Option<i64>,
     committed: Option<i64>,
     /// The last offset taken, to drop messages delivered twice.
     last_offset: Option<i64>,
@@ -622,6 +643,7 @@ impl Partition {
             batcher: PartitionBatcher::new(table, partition, latest),
             generation,
             flushing: None,
+            stored: None,
             committed: None,
             last_offset: None,
             cancel: CancellationToken::new(),

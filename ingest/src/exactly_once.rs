@@ -1,42 +1,60 @@
 //! # Exactly once, from Kafka to ClickHouse
 //!
-//! Offsets are committed only after ClickHouse acknowledged every row before them, so a crash
-//! anywhere replays messages: never loses them. The work is making replays never *duplicate*
-//! rows. ClickHouse drops an insert whose `insert_deduplication_token` it has seen among a
-//! table's last blocks (`non_replicated_deduplication_window` / `replicated_deduplication_window`,
-//! 10,000 blocks here), including the rows that insert would have sent into materialized views
-//! (`deduplicate_blocks_in_dependent_materialized_views = 1`). That only helps if a replayed batch
-//! is *the same batch*: same messages, same token. Batches close on age, so the boundaries of a
-//! replay would differ by timing. Hence:
+//! A crash anywhere makes the next owner of a partition consume some messages again, so nothing
+//! is lost; the work is making those replays never *duplicate* rows. ClickHouse drops an insert
+//! whose `insert_deduplication_token` it has seen among a table's last blocks
+//! (`non_replicated_deduplication_window` / `replicated_deduplication_window`, 10,000 blocks
+//! here), together with the rows that insert would have sent into the materialized views
+//! (`deduplicate_blocks_in_dependent_materialized_views = 1`). That only helps if a replayed
+//! batch is *the same batch*: same messages, same token. Batches close on age, so a replay would
+//! cut different boundaries by timing. Hence:
 //!
 //! 1. A batch holds messages of one Kafka partition only: rebalances move whole partitions, so
-//!    whoever replays a batch owns all of it.
+//!    whoever replays a batch owns all of it. One batch per partition is in flight at a time.
 //! 2. Before inserting a batch, its offset range `[first, last]` is recorded in the
-//!    `ingest_batches` table (the "manifest"). Its token is `group:topic:partition:first-last`.
-//! 3. Insert, then commit `last + 1`. One batch per partition is in flight at a time, so commits
-//!    stay in order.
-//! 4. When a consumer starts on a partition (after a crash, a restart or a rebalance), it reads
-//!    the ranges recorded at or after its starting offset and cuts its first batches at exactly
-//!    those boundaries, reusing their tokens. Whether the crashed insert had happened or not, the
-//!    re-insert is either dropped as a duplicate or is the first copy.
+//!    `ingest_batches` table (the "manifest"; one row per partition, the latest range wins).
+//!    The batch's token is `group:topic:partition:first-last`.
+//! 3. Insert; then the offset `last + 1` is *stored*, and committed to Kafka every few seconds.
+//! 4. When a consumer is assigned a partition (start, restart, rebalance), it reads the latest
+//!    recorded range from the manifest and starts exactly at its `first` offset, whatever the
+//!    broker's committed offset says: the first batch is cut at exactly that range and inserted
+//!    under its original token. Whether the crashed insert happened or not, the re-insert is
+//!    either dropped as a duplicate or is the first copy. Every earlier range was acknowledged
+//!    before the latest one was recorded (point 1), so nothing before `first` is missing.
 //!
 //! What each crash point leaves behind:
-//! - before recording: nothing recorded, nothing inserted; the replay batches freely.
+//! - before recording: the previous range is the latest; it is replayed and dropped as a
+//!   duplicate, and the messages after it are batched afresh.
 //! - recorded, not inserted: the replay re-forms the range and inserts it once.
 //! - inserted, not committed: the replay re-forms the range; ClickHouse drops the copy.
-//! - committed: the next start is after the range.
+//!
+//! Kafka commits are therefore advisory (they feed lag monitoring). The manifest lives in
+//! ClickHouse because it must be written in the same system as the rows, and because
+//! Kafka-compatible brokers differ in how reliably they keep commits: tansu's memory engine,
+//! used in development, resumed groups past their committed offsets. For the same reason the
+//! consumer does not trust where the broker starts it: until the first message of a partition
+//! is the expected offset, earlier ones are skipped and later ones trigger a seek back; a
+//! message at or below the last offset taken is a redelivery and is dropped (counted in
+//! `flowhouse_ingest_messages_redelivered_total`).
+//!
+//! A revocation waits for the revoked partitions' in-flight flushes to stop at a safe point
+//! before the group hands them over, so two owners never insert different cuts of one range.
 //!
 //! A dead-lettered message is part of its batch's range; its delivery to the dead-letter topic
-//! is awaited before the commit, so it can be delivered again on replay (the dead-letter headers
-//! carry the source topic, partition and offset, which identify duplicates there).
+//! is awaited before the range is recorded, so a replay may deliver it again (the dead-letter
+//! headers carry the source topic, partition and offset, which identify such duplicates).
 //!
-//! On SIGTERM, complete batches are inserted and committed; a recorded range that has not been
-//! fully consumed yet is left for the next start (inserting part of it under its token would make
-//! ClickHouse drop the rest later).
+//! On SIGTERM, complete batches are inserted and their offsets committed; a recorded range that
+//! has not been fully consumed yet is left for the next start (inserting part of it under its
+//! token would make ClickHouse drop the rest later).
+//!
+//! The window matters: a replay must come within 10,000 inserts into the table of the original,
+//! which at the default batch sizes is hours of traffic, while a replay covers at most one batch
+//! per partition.
 //!
 //! Why not Kafka transactions: ClickHouse is not a Kafka transaction participant. Why not
-//! commit-with-metadata: not every Kafka-compatible broker keeps commit metadata; ClickHouse,
-//! which must be up for inserts anyway, holds the manifest.
+//! commit metadata: not every Kafka-compatible broker keeps it, and ClickHouse must be up for
+//! inserts anyway.
 
 /// The deduplication token of one batch: stable for the same range of the same partition.
 pub fn batch_token(group: &str, topic: &str, partition: i32, first: i64, last: i64) -> String {

@@ -54,8 +54,9 @@ pub struct Args {
     )]
     pub group: String,
     /// How long the group waits for a silent member before giving its partitions to others:
-    /// the failover time after a crash.
-    #[arg(long, env = "FLOWHOUSE_INGEST_SESSION_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    /// the failover time after a crash. Shorter is faster failover, but a broker that answers
+    /// heartbeats slowly under load (tansu on SQLite takes seconds) then evicts live members.
+    #[arg(long, env = "FLOWHOUSE_INGEST_SESSION_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub session_timeout: Duration,
     #[command(flatten)]
     pub batching: batch::BatchLimits,
