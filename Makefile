@@ -14,6 +14,10 @@ TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 demo:
 	deploy/local/demo
 
+# The end-to-end benchmark; size from BENCH_EVENTS. Writes bench/results/latest.json.
+bench:
+	deploy/local/bench
+
 # The test stack is separate from the demo's, so tests never touch demo data; its data is deleted
 # at the end, pass or fail.
 test:

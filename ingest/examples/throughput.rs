@@ -22,6 +22,13 @@
 //! ingest process inherits the environment, so its own variables (`FLOWHOUSE_INGEST_BATCH_MAX_AGE`,
 //! ...) tune it; otherwise it runs with its defaults. The database is dropped at the end; the
 //! topics are deleted when the broker allows it.
+//!
+//! On the local stack, read the baseline first: tansu 0.6's SQLite storage has no index on its
+//! `header` table, so every fetch scans all stored headers and consume rates fall as the broker
+//! holds more messages (10 000 messages: about 450 msg/s with a few tens of thousands stored,
+//! 11 000 msg/s with the index; 100 000 did not drain in 10 minutes without it). Run
+//! `CREATE INDEX header_record ON header (topition, offset_id)` in the stack's `kafka/tansu.db`
+//! for figures about ingest rather than about the broker.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -29,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use flowhouse_loadtest::drive::{DriveOptions, kafka::produce};
+use flowhouse_loadtest::drive::{DriveOptions, DriveStats, kafka::produce};
 use flowhouse_loadtest::measure::Progress;
 use flowhouse_loadtest::workload::{Workload, WorkloadConfig, runs_for_messages};
 use flowhouse_schema::contract::TopicArgs;
@@ -78,9 +85,12 @@ impl Drain {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // `cargo bench` style runners may pass `--bench`; clap would refuse it.
-    let args = Args::parse_from(std::env::args().filter(|arg| arg != "--bench"));
-    let stack = Stack::from_env();
+    let args = Args::parse();
+    let mut stack = Stack::from_env();
+    // The ingest process reads KAFKA_PROPERTIES itself; the baseline must use the same ones.
+    stack.kafka.properties = std::env::var("KAFKA_PROPERTIES")
+        .map(|properties| properties.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let binary = build_flowhouse()?;
     let topics = TopicArgs {
         events_topic: unique_name("throughput_events"),
@@ -94,34 +104,7 @@ async fn main() -> anyhow::Result<()> {
         "producing {} messages to {}",
         args.messages, stack.kafka.brokers
     );
-    let (kafka, produce_topics, messages, seed) = (
-        stack.kafka.clone(),
-        topics.clone(),
-        args.messages,
-        args.seed,
-    );
-    let stats = tokio::task::spawn_blocking(move || {
-        let end = chrono::Utc::now();
-        let mut config = WorkloadConfig::new(seed, end - chrono::Duration::hours(1), end);
-        // Runs still going at the end of the window are cut short, and only the first
-        // `messages` are generated: plan twice as many.
-        config.runs = runs_for_messages(&config, messages * 2);
-        let mut workload = Workload::new(config)?;
-        let options = DriveOptions {
-            rate: None,
-            max_messages: Some(messages),
-            duration: None,
-            realtime: false,
-        };
-        produce(
-            &mut workload,
-            &kafka,
-            &produce_topics,
-            &options,
-            &Progress::new(true),
-        )
-    })
-    .await??;
+    let stats = produce_workload(&stack.kafka, &topics, args.messages, args.seed).await?;
     ensure!(
         stats.messages_failed == 0,
         "{} messages were not acknowledged: {:?}",
@@ -179,6 +162,39 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("{report}");
     Ok(())
+}
+
+/// Produces the first `messages` of the load generator's workload over the last hour with its
+/// Kafka driver (the message contract, `acks=all`), waiting for every acknowledgement.
+async fn produce_workload(
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    messages: u64,
+    seed: u64,
+) -> anyhow::Result<DriveStats> {
+    let (kafka, topics) = (kafka.clone(), topics.clone());
+    tokio::task::spawn_blocking(move || {
+        let end = chrono::Utc::now();
+        let mut config = WorkloadConfig::new(seed, end - chrono::Duration::hours(1), end);
+        // Runs still going at the end of the window are cut short, and only the first
+        // `messages` are generated: plan twice as many.
+        config.runs = runs_for_messages(&config, messages * 2);
+        let mut workload = Workload::new(config)?;
+        let options = DriveOptions {
+            rate: None,
+            max_messages: Some(messages),
+            duration: None,
+            realtime: false,
+        };
+        produce(
+            &mut workload,
+            &kafka,
+            &topics,
+            &options,
+            &Progress::new(true),
+        )
+    })
+    .await?
 }
 
 /// Builds the `flowhouse` binary of this program's profile, so that the run never measures a
@@ -337,12 +353,20 @@ async fn wait_for_rows(
     }
     .client();
     let (mut first, mut last_count, mut last_change) = (None, 0u64, Instant::now());
+    let mut last_error = None;
     loop {
-        let count: u64 = client
-            .query("SELECT (SELECT count() FROM events) + (SELECT count() FROM logs)")
-            .fetch_one()
+        // A failed count (ClickHouse busy) is retried; it is reported if the count stalls.
+        let count = match client
+            .query("SELECT sum(c) FROM (SELECT count() AS c FROM events UNION ALL SELECT count() FROM logs)")
+            .fetch_one::<u64>()
             .await
-            .unwrap_or(last_count);
+        {
+            Ok(count) => count,
+            Err(error) => {
+                last_error = Some(error);
+                last_count
+            }
+        };
         let elapsed = started.elapsed();
         on_count(count);
         if count > 0 {
@@ -363,7 +387,7 @@ async fn wait_for_rows(
         }
         if last_change.elapsed() > STALL_LIMIT || elapsed > STAGE_LIMIT {
             bail!(
-                "stuck at {count} of {n} rows after {:.0} s",
+                "stuck at {count} of {n} rows after {:.0} s (last count error: {last_error:?})",
                 elapsed.as_secs_f64()
             );
         }

@@ -6,9 +6,13 @@
 //! - `flowhouse loadtest drive --target kafka|http|ws` sends it, at `--rate` or as fast as it
 //!   goes, the whole workload or `--max-messages` of it or for `--duration`, and writes a report
 //!   with the produce rate.
+//! - `flowhouse loadtest run` is the whole job ([`run`]): drive the workload with dashboards
+//!   refreshing at the same time, wait until everything is visible in ClickHouse, measure the
+//!   baselines, verify every metric against the ground truth, and report.
 
 pub mod drive;
 pub mod measure;
+pub mod run;
 pub mod truth;
 pub mod workload;
 
@@ -41,6 +45,8 @@ pub enum Command {
     Generate(Box<GenerateArgs>),
     /// Send a workload into Flowhouse (Kafka, HTTP or websocket) and report the produce rate.
     Drive(Box<DriveArgs>),
+    /// The end-to-end run: drive, dashboards, freshness, baselines, verification, report.
+    Run(Box<run::RunArgs>),
 }
 
 /// What the workload is made of.
@@ -71,7 +77,8 @@ pub struct WorkloadArgs {
     /// window is then covered only up to that point).
     #[arg(long)]
     pub max_messages: Option<u64>,
-    /// The runs start within this window, ending now (or at --until).
+    /// The runs start within this window, ending now (or at --until), rounded down to
+    /// --truth-resolution.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub window: Duration,
     /// End of the window, RFC 3339 [default: now].
@@ -247,6 +254,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate(&args)).await?,
         Command::Drive(args) => drive(*args).await,
+        Command::Run(args) => run::run(*args).await,
     }
 }
 
@@ -299,8 +307,12 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One write key per account of the workload, added to the keys file the endpoint reads.
-pub fn mint_keys(path: &Path, tenants: &[flowhouse_schema::Tenant]) -> anyhow::Result<ApiKeys> {
+/// One key per account of the workload, with `scopes`, added to the keys file the services read.
+pub fn mint_keys(
+    path: &Path,
+    tenants: &[flowhouse_schema::Tenant],
+    scopes: &[flowhouse_keys::Scope],
+) -> anyhow::Result<ApiKeys> {
     let mut accounts: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
     for tenant in tenants {
         accounts
@@ -314,7 +326,7 @@ pub fn mint_keys(path: &Path, tenants: &[flowhouse_schema::Tenant]) -> anyhow::R
             path,
             account,
             workspaces,
-            vec![flowhouse_keys::Scope::Write],
+            scopes.to_vec(),
             Some("loadtest".into()),
         )?;
         keys.insert(account, key);
@@ -368,7 +380,9 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
         Target::Http | Target::Ws => {
             let keys = match (&args.api_key, &args.mint_keys) {
                 (Some(key), _) => ApiKeys::One(key.clone()),
-                (None, Some(path)) => mint_keys(path, &workload.tenants())?,
+                (None, Some(path)) => {
+                    mint_keys(path, &workload.tenants(), &[flowhouse_keys::Scope::Write])?
+                }
                 (None, None) => bail!("--target http/ws needs --api-key or --mint-keys"),
             };
             let target = EndpointTarget {

@@ -1,6 +1,10 @@
 //! How services reach ClickHouse: one set of flags, one client configuration.
 
+use std::time::Duration;
+
 use clickhouse::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 /// Connection flags for ClickHouse; each can also come from the environment.
 #[derive(clap::Args, Clone, Debug)]
@@ -45,10 +49,21 @@ impl ClickHouseArgs {
     }
 
     /// A client with no database selected, for statements that create it.
+    ///
+    /// The HTTP client is the crate's default (keep-alive probes, short idle pool) plus
+    /// TCP_NODELAY: without it, the end of every insert body waits for the server's delayed ACK
+    /// (about 35 ms an insert, measured by `cargo bench -p flowhouse-ingest --bench cpu`).
     pub fn server_client(&self) -> Client {
-        Client::default()
+        let mut connector = HttpConnector::new();
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.set_nodelay(true);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build(connector);
+        Client::with_http_client(http)
             .with_url(&self.url)
             .with_user(&self.user)
             .with_password(&self.password)
     }
 }
+

@@ -9,5 +9,5 @@ pub mod series;
 
 pub use latency::{Latencies, LatencySummary, SharedLatencies};
 pub use progress::Progress;
-pub use report::{Report, Series, WorkloadSummary};
+pub use report::{DashboardSummary, Headline, Report, Series, WorkloadSummary};
 pub use series::RateCounter;

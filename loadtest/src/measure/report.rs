@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::latency::LatencySummary;
 use crate::drive::DriveStats;
+use crate::run::baselines::Baselines;
+use crate::run::rss::RssSummary;
 use crate::truth::GroundTruth;
 use crate::workload::WorkloadConfig;
 
@@ -65,8 +67,48 @@ pub struct Series {
     pub freshness_ms: Vec<(f64, f64)>,
 }
 
+/// The figures a benchmark run is compared on, at the top of the report. Rates are items per
+/// second on this machine; read them against the baselines and ratios beside them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Headline {
+    /// Messages (events and log lines) acknowledged by the target.
+    pub events_sent: u64,
+    /// End to end: messages visible in ClickHouse per second, from the first send until the
+    /// last one was visible.
+    pub events_per_sec: f64,
+    /// Messages acknowledged by the target per second.
+    pub produce_per_sec: f64,
+    /// Baseline: the broker's consume-and-discard rate for the same messages.
+    pub broker_drain_per_sec: Option<f64>,
+    /// Baseline: the engine's raw insert rate for the same rows (no materialized views).
+    pub raw_insert_per_sec: Option<f64>,
+    pub freshness_p50_ms: Option<f64>,
+    pub freshness_p99_ms: Option<f64>,
+    /// Dashboard requests during the run, every card together.
+    pub query_p50_ms: Option<f64>,
+    pub query_p99_ms: Option<f64>,
+    /// Baseline: the same questions answered by scanning raw events and logs.
+    pub raw_scan_p50_ms: Option<f64>,
+    pub cache_hit_rate: Option<f64>,
+    pub verified: bool,
+    /// Named ratios of the figures above (e.g. `ingest_vs_broker_drain`).
+    pub ratios: BTreeMap<String, f64>,
+}
+
+/// What the simulated dashboards did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DashboardSummary {
+    pub users: u32,
+    pub refresh_secs: f64,
+    pub requests: u64,
+    pub failed: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// `loadtest run` only; absent from a `drive` report.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<Headline>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub config: WorkloadConfig,
@@ -82,11 +124,22 @@ pub struct Report {
     pub mismatches: Vec<String>,
     /// Files written beside the report (plots, ground truth).
     pub files: Vec<String>,
+    #[serde(default)]
+    pub dashboards: Option<DashboardSummary>,
+    #[serde(default)]
+    pub baselines: Option<Baselines>,
+    /// Resident memory of the services under test, by name.
+    #[serde(default)]
+    pub services_rss: BTreeMap<String, RssSummary>,
+    /// Failures by kind, every stage together (`produce: ...`, `dashboards: HTTP 503`...).
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
 }
 
 impl Report {
     pub fn new(started_at: DateTime<Utc>, config: WorkloadConfig, truth: &GroundTruth) -> Self {
         Self {
+            headline: None,
             started_at,
             finished_at: Utc::now(),
             config,
@@ -99,6 +152,10 @@ impl Report {
             verified: None,
             mismatches: Vec::new(),
             files: Vec::new(),
+            dashboards: None,
+            baselines: None,
+            services_rss: BTreeMap::new(),
+            errors: BTreeMap::new(),
         }
     }
 

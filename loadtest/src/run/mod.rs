@@ -1,0 +1,398 @@
+//! `flowhouse loadtest run`: the whole job against running services.
+//!
+//! 1. Mint a read+write key per generated account (and one for the freshness markers' own
+//!    tenant) into the keys file the endpoint and the query API read.
+//! 2. Drive the workload (Kafka, HTTP or websocket) while, at the same time, `--dashboard-users`
+//!    dashboards refresh every card every `--dashboard-refresh` ([`dashboards`]), a sampler
+//!    counts the rows visible in ClickHouse every second ([`visibility`]), and marker events
+//!    measure freshness ([`freshness`]).
+//! 3. Wait until every event and log line sent is visible (bounded; says what is missing).
+//! 4. Baselines on the same data ([`baselines`]): broker drain, raw insert, raw-scan queries.
+//! 5. Verify every card of every tenant against the ground truth ([`verify`]).
+//! 6. Report: `report.json`, plots, a summary table and one tenant's dashboard ([`summary`]).
+//!    Any mismatch, lost message or failed stage exits non-zero.
+
+pub mod api;
+pub mod baselines;
+pub mod dashboards;
+pub mod freshness;
+pub mod rss;
+pub mod summary;
+pub mod verify;
+pub mod visibility;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use flowhouse_keys::Scope;
+use flowhouse_schema::Tenant;
+use flowhouse_schema::contract::TopicArgs;
+use flowhouse_service::clickhouse::ClickHouseArgs;
+use flowhouse_service::kafka::KafkaArgs;
+use uuid::Uuid;
+
+use crate::drive::endpoint::{ApiKeys, EndpointTarget, WsAuth};
+use crate::drive::{DriveOptions, DriveStats};
+use crate::measure::{Progress, Report};
+use crate::workload::Workload;
+use crate::{Target, WorkloadArgs};
+use api::QueryApi;
+use baselines::Baselines;
+use freshness::{MarkerPath, Markers};
+use visibility::{Counter, Sampler, Visible};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[arg(long, value_enum, default_value = "kafka")]
+    pub target: Target,
+    /// Messages per second, evenly paced [default: as fast as it goes].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// The ingestion endpoint (for --target http or ws, and their freshness markers).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_ENDPOINT_URL",
+        default_value = "http://127.0.0.1:4200"
+    )]
+    pub endpoint_url: String,
+    /// The query API (dashboards, verification, cache counters from its /metrics).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_QUERY_URL",
+        default_value = "http://127.0.0.1:4201"
+    )]
+    pub query_url: String,
+    /// The keys file the endpoint and the query API read; a read+write key per generated
+    /// account is added to it.
+    #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
+    pub keys_file: PathBuf,
+    /// Messages per POST; for ws, events per flush.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// POSTs in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[arg(long, value_enum, default_value = "header")]
+    pub ws_auth: WsAuth,
+    /// People watching a dashboard during the run (spread over the tenants).
+    #[arg(long, default_value_t = 20)]
+    pub dashboard_users: u32,
+    /// How often each of them refreshes every card.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dashboard_refresh: Duration,
+    /// How often a freshness marker is sent (one at a time).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub freshness_every: Duration,
+    /// A service whose memory to sample, as name=pid (repeatable).
+    #[arg(long = "service-pid")]
+    pub services: Vec<rss::Service>,
+    /// How long everything sent may take to become visible after the last acknowledgement.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub visible_timeout: Duration,
+    /// Skip the baselines (broker drain, raw insert, raw scans).
+    #[arg(long)]
+    pub no_baselines: bool,
+    /// Folder for report.json, truth.json and the plots.
+    #[arg(long, default_value = "loadtest-results")]
+    pub out_dir: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Everything measured, handed to the report.
+pub struct Outcome {
+    pub stats: DriveStats,
+    pub samples: visibility::Samples,
+    pub freshness: freshness::FreshnessSamples,
+    pub dashboards: dashboards::DashboardStats,
+    pub visible: Visible,
+    /// From the first send until everything was visible.
+    pub end_to_end_secs: f64,
+    pub cache: Option<(f64, f64)>,
+    pub baselines: Option<Baselines>,
+    pub raw_scans: crate::measure::Latencies,
+    pub verification: verify::Verification,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started_at = Utc::now();
+    let config = args.workload.window_config()?;
+    let workload = Workload::new(config.clone())?;
+    let tenants = workload.tenants();
+    let progress = Progress::new(!args.quiet);
+    progress.println(&format!(
+        "flowhouse loadtest run: {} tenants, {} flow runs over {} .. {}, target {:?}{}, \
+         {} dashboard users every {:?}",
+        config.tenants,
+        config.runs,
+        config.start.format("%Y-%m-%d %H:%M"),
+        config.end.format("%Y-%m-%d %H:%M"),
+        args.target,
+        args.rate
+            .map(|r| format!(" at {r:.0} messages/s"))
+            .unwrap_or_default(),
+        args.dashboard_users,
+        args.dashboard_refresh,
+    ));
+
+    // Keys: one read+write key per account; the markers get a tenant (and key) of their own.
+    let keys = crate::mint_keys(&args.keys_file, &tenants, &[Scope::Write, Scope::Read])?;
+    let tenant_keys: Vec<(Tenant, String)> = tenants
+        .iter()
+        .filter_map(|t| keys.key(t).map(|k| (*t, k.to_string())))
+        .collect();
+    let marker_tenant = Tenant {
+        account_id: Uuid::new_v4(),
+        workspace_id: Uuid::new_v4(),
+    };
+    let marker_key = flowhouse_keys::cli::create(
+        &args.keys_file,
+        marker_tenant.account_id,
+        vec![marker_tenant.workspace_id],
+        vec![Scope::Write, Scope::Read],
+        Some("loadtest freshness markers".into()),
+    )?;
+    let api = QueryApi::new(&args.query_url)?;
+    let (first_tenant, first_key) = tenant_keys.first().context("the workload has no tenant")?;
+    api.wait_for_key(first_tenant, first_key, Duration::from_secs(60))
+        .await?;
+
+    let clickhouse = args.clickhouse.client();
+    let counter = Counter::new(clickhouse.clone(), &tenants);
+    flowhouse_service::kafka::ensure_topics(&args.kafka, &args.topics.specs()).await?;
+    let topics = [
+        args.topics.events_topic.clone(),
+        args.topics.logs_topic.clone(),
+    ];
+    let watermarks = |kafka: KafkaArgs, topics: [String; 2]| {
+        tokio::task::spawn_blocking(move || {
+            baselines::broker::watermarks(&kafka, &[topics[0].as_str(), topics[1].as_str()])
+        })
+    };
+    let before = watermarks(args.kafka.clone(), topics.clone()).await??;
+    let cache_before = cache_counts(&api).await;
+
+    let marker_path = match args.target {
+        Target::Kafka => MarkerPath::kafka(&args.kafka, &args.topics.events_topic)?,
+        Target::Http | Target::Ws => MarkerPath::Endpoint {
+            client: reqwest::Client::new(),
+            url: format!(
+                "{}/events",
+                EndpointTarget::new(args.endpoint_url.clone(), ApiKeys::One(String::new()))
+                    .workspace_url(&marker_tenant)
+            ),
+            key: marker_key,
+        },
+    };
+    let start = Instant::now();
+    let sampler = Sampler::start(counter.clone(), args.services.clone(), start);
+    let markers = Markers::start(
+        marker_path,
+        clickhouse.clone(),
+        marker_tenant,
+        args.freshness_every,
+        start,
+    );
+    let dashboards = dashboards::Dashboards::start(
+        &api,
+        &tenant_keys,
+        args.dashboard_users,
+        args.dashboard_refresh,
+    );
+
+    let options = DriveOptions {
+        rate: args.rate,
+        max_messages: args.workload.max_messages,
+        ..DriveOptions::default()
+    };
+    let (stats, workload) = drive(&args, workload, keys, &options, &progress).await?;
+    let truth = workload.into_truth();
+    if stats.messages_failed > 0 {
+        bail!(
+            "{} of {} messages were not acknowledged: {:?}",
+            stats.messages_failed,
+            stats.messages_sent,
+            stats.errors
+        );
+    }
+    let expected = Visible {
+        events: truth.events(),
+        logs: truth.logs(),
+    };
+    let visible_at =
+        visibility::wait_all_visible(&counter, expected, args.visible_timeout, &progress).await?;
+    let end_to_end_secs = visible_at.duration_since(start).as_secs_f64();
+    let dashboards_seen = dashboards.stop().await;
+    let freshness = markers.stop().await;
+    let samples = sampler.stop().await;
+    let cache = match (cache_before, cache_counts(&api).await) {
+        (Some(before), Some(after)) => Some((after.0 - before.0, after.1 - before.1)),
+        _ => None,
+    };
+    let after = watermarks(args.kafka.clone(), topics).await??;
+
+    let (baselines, raw_scans) = if args.no_baselines {
+        (None, crate::measure::Latencies::default())
+    } else {
+        measure_baselines(
+            &args,
+            &clickhouse,
+            &config,
+            &stats,
+            &tenants,
+            (before, after),
+        )
+        .await
+    };
+
+    progress.println("verifying every card of every tenant against the ground truth");
+    let verification = verify::verify(&api, &truth, &tenant_keys, config.start, config.end).await?;
+
+    let outcome = Outcome {
+        stats,
+        samples,
+        freshness,
+        dashboards: dashboards_seen,
+        visible: expected,
+        end_to_end_secs,
+        cache,
+        baselines,
+        raw_scans,
+        verification,
+    };
+    let mut report = Report::new(started_at, config, &truth);
+    summary::fill(&mut report, &outcome, &args);
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let truth_path = args.out_dir.join("truth.json");
+    crate::measure::report::write_json(&truth_path, &truth)?;
+    report.files.push(truth_path.display().to_string());
+    summary::plots(&mut report, &outcome, &args.out_dir)?;
+    report.finished_at = Utc::now();
+    let report_path = args.out_dir.join("report.json");
+    report.write(&report_path)?;
+    summary::print(&report, &outcome);
+    println!("report: {}", report_path.display());
+    for file in &report.files {
+        println!("        {file}");
+    }
+    if report.verified != Some(true) {
+        bail!(
+            "verification failed: {} of {} cards differ from the ground truth (see above and {})",
+            outcome.verification.mismatches,
+            outcome.verification.cards_checked,
+            report_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Drives the workload to its end through the chosen target.
+async fn drive(
+    args: &RunArgs,
+    mut workload: Workload,
+    keys: ApiKeys,
+    options: &DriveOptions,
+    progress: &Progress,
+) -> anyhow::Result<(DriveStats, Workload)> {
+    match args.target {
+        Target::Kafka => {
+            let (kafka, topics, options, progress) = (
+                args.kafka.clone(),
+                args.topics.clone(),
+                options.clone(),
+                progress.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let stats = crate::drive::kafka::produce(
+                    &mut workload,
+                    &kafka,
+                    &topics,
+                    &options,
+                    &progress,
+                )?;
+                Ok((stats, workload))
+            })
+            .await?
+        }
+        Target::Http | Target::Ws => {
+            let target = EndpointTarget {
+                batch_size: args.batch_size,
+                concurrency: args.concurrency,
+                ws_auth: args.ws_auth,
+                ..EndpointTarget::new(args.endpoint_url.clone(), keys)
+            };
+            let stats = if args.target == Target::Http {
+                crate::drive::endpoint::post_batches(&mut workload, &target, options, progress)
+                    .await?
+            } else {
+                crate::drive::endpoint::websocket(&mut workload, &target, options, progress).await?
+            };
+            Ok((stats, workload))
+        }
+    }
+}
+
+/// (hits, all lookups) of the query API's cache so far; `None` if its /metrics is unreadable.
+async fn cache_counts(api: &QueryApi) -> Option<(f64, f64)> {
+    let counts = api
+        .counter_by("flowhouse_query_cache_requests_total", "result")
+        .await
+        .ok()?;
+    let hits = counts
+        .iter()
+        .filter(|(result, _)| result == "hit")
+        .map(|(_, n)| n)
+        .sum();
+    let all = counts.iter().map(|(_, n)| n).sum();
+    Some((hits, all))
+}
+
+/// Runs the three baselines; a baseline that fails is reported as such, not fatal.
+async fn measure_baselines(
+    args: &RunArgs,
+    clickhouse: &clickhouse::Client,
+    config: &crate::workload::WorkloadConfig,
+    stats: &DriveStats,
+    tenants: &[Tenant],
+    (before, after): (baselines::broker::Offsets, baselines::broker::Offsets),
+) -> (Option<Baselines>, crate::measure::Latencies) {
+    let mut out = Baselines::default();
+    eprintln!("baseline: the broker drains the same messages");
+    let kafka = args.kafka.clone();
+    match tokio::task::spawn_blocking(move || baselines::broker::drain(&kafka, &before, &after))
+        .await
+    {
+        Ok(Ok(rate)) => out.broker_drain = Some(rate),
+        Ok(Err(error)) => out.errors.push(format!("broker drain: {error:#}")),
+        Err(error) => out.errors.push(format!("broker drain: {error}")),
+    }
+    eprintln!("baseline: the engine inserts the same rows without materialized views");
+    match baselines::insert::raw_insert(clickhouse, config.clone(), stats.messages_sent).await {
+        Ok(rate) => out.raw_insert = Some(rate),
+        Err(error) => out.errors.push(format!("raw insert: {error:#}")),
+    }
+    eprintln!("baseline: the dashboard questions as raw scans");
+    // Three tenants, three times each: enough for a median, short even on a big run.
+    let scanned: Vec<Tenant> = tenants.iter().take(3).copied().collect();
+    let raw =
+        match baselines::scan::raw_scans(clickhouse, &scanned, config.start, config.end, 3).await {
+            Ok(latencies) => latencies,
+            Err(error) => {
+                out.errors.push(format!("raw scans: {error:#}"));
+                crate::measure::Latencies::default()
+            }
+        };
+    (Some(out), raw)
+}

@@ -1,0 +1,310 @@
+//! The whole path, small: `flowhouse loadtest run` drives a generated workload through the real
+//! endpoint (HTTP) into Kafka, the real ingest service into a fresh ClickHouse database, and
+//! asks the real query API, with dashboards refreshing meanwhile; then it verifies every metric
+//! card of every tenant against the ground truth. The test checks its exit code, its report and
+//! the rows in ClickHouse against the generator's counts.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flowhouse_schema::contract::TopicArgs;
+use flowhouse_service::kafka::ensure_topics;
+use flowhouse_tests::{ServiceProcess, Stack, flowhouse_binary, free_port, unique_name};
+use serde_json::Value;
+
+/// Messages in the run: big enough for every metric to have data in every tenant, small enough
+/// for seconds of broker time.
+const MESSAGES: u64 = 20_000;
+
+struct World {
+    stack: Stack,
+    db: String,
+    topics: TopicArgs,
+    keys_file: std::path::PathBuf,
+}
+
+impl World {
+    /// The variables every process of the run shares.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CLICKHOUSE_URL", self.stack.clickhouse.url.clone()),
+            ("CLICKHOUSE_USER", self.stack.clickhouse.user.clone()),
+            (
+                "CLICKHOUSE_PASSWORD",
+                self.stack.clickhouse.password.clone(),
+            ),
+            ("CLICKHOUSE_DATABASE", self.db.clone()),
+            ("KAFKA_BROKERS", self.stack.kafka.brokers.clone()),
+            ("FLOWHOUSE_EVENTS_TOPIC", self.topics.events_topic.clone()),
+            ("FLOWHOUSE_LOGS_TOPIC", self.topics.logs_topic.clone()),
+            ("FLOWHOUSE_DLQ_TOPIC", self.topics.dlq_topic.clone()),
+            (
+                "FLOWHOUSE_TOPIC_PARTITIONS",
+                self.topics.topic_partitions.to_string(),
+            ),
+            ("FLOWHOUSE_KEYS_FILE", self.keys_file.display().to_string()),
+        ]
+    }
+
+    fn start(&self, args: &[&str], extra: &[(&'static str, String)]) -> ServiceProcess {
+        let mut env = self.env();
+        env.extend(extra.iter().cloned());
+        ServiceProcess::start(args, &env)
+    }
+}
+
+/// Waits until `/readyz` answers 200 (a liveness bound: fails with the log if it never does).
+async fn wait_ready(service: &mut ServiceProcess, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://{address}/readyz")).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            service.is_running(),
+            "the service on {address} exited:\n{}",
+            service.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the service on {address} is not ready:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("valid JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_run_verifies_the_whole_path() {
+    let stack = Stack::from_env();
+    let db = unique_name("loadtest_e2e");
+    let topics = TopicArgs {
+        events_topic: unique_name("events"),
+        logs_topic: unique_name("logs"),
+        dlq_topic: unique_name("dlq"),
+        topic_partitions: 3,
+    };
+    ensure_topics(&stack.kafka, &topics.specs())
+        .await
+        .expect("topics");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys_file = dir.path().join("keys.json");
+    std::fs::write(&keys_file, r#"{"version": 1, "keys": []}"#).unwrap();
+    let world = World {
+        stack,
+        db,
+        topics,
+        keys_file,
+    };
+
+    let migrate = Command::new(flowhouse_binary())
+        .arg("migrate")
+        .envs(world.env())
+        .output()
+        .expect("run flowhouse migrate");
+    assert!(
+        migrate.status.success(),
+        "flowhouse migrate failed:\n{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+
+    let (ingest_admin, endpoint, query_api) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut ingest = world.start(
+        &["ingest"],
+        &[
+            ("FLOWHOUSE_INGEST_ADMIN_LISTEN", ingest_admin.clone()),
+            ("FLOWHOUSE_INGEST_GROUP", unique_name("ingest")),
+            ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "300ms".into()),
+        ],
+    );
+    let mut endpoint_service = world.start(
+        &["endpoint"],
+        &[
+            ("FLOWHOUSE_ENDPOINT_LISTEN", endpoint.clone()),
+            ("FLOWHOUSE_ENDPOINT_RATE_LIMIT", "0".into()),
+        ],
+    );
+    let mut query_service = world.start(
+        &["query-api"],
+        &[
+            ("FLOWHOUSE_QUERY_API_LISTEN", query_api.clone()),
+            ("FLOWHOUSE_PAGE_TOKEN_SECRET", unique_name("secret")),
+        ],
+    );
+    wait_ready(&mut ingest, &ingest_admin).await;
+    wait_ready(&mut endpoint_service, &endpoint).await;
+    wait_ready(&mut query_service, &query_api).await;
+
+    let out_dir = dir.path().join("results");
+    // Sized for a little more than MESSAGES and cut at MESSAGES, so exactly that many go out
+    // (the ground truth counts what was handed out, so the cut keeps it exact).
+    let (sized, messages) = ((MESSAGES * 6 / 5).to_string(), MESSAGES.to_string());
+    let services = [
+        format!("ingest={}", ingest.pid()),
+        format!("endpoint={}", endpoint_service.pid()),
+        format!("query-api={}", query_service.pid()),
+    ];
+    let run = tokio::task::spawn_blocking({
+        let env = world.env();
+        let (endpoint, query_api, out_dir) = (endpoint.clone(), query_api.clone(), out_dir.clone());
+        move || {
+            Command::new(flowhouse_binary())
+                .args([
+                    "loadtest",
+                    "run",
+                    "--quiet",
+                    "--seed",
+                    "7",
+                    "--tenants",
+                    "4",
+                ])
+                .args(["--events", &sized, "--max-messages", &messages])
+                .args(["--target", "http", "--batch-size", "200"])
+                .args(["--endpoint-url", &format!("http://{endpoint}")])
+                .args(["--query-url", &format!("http://{query_api}")])
+                .args(["--dashboard-users", "4", "--dashboard-refresh", "1s"])
+                .args(["--freshness-every", "1s", "--visible-timeout", "4m"])
+                .args(services.iter().flat_map(|s| ["--service-pid", s.as_str()]))
+                .arg("--out-dir")
+                .arg(&out_dir)
+                .envs(env)
+                .env("FLOWHOUSE_LOG_FORMAT", "text")
+                .output()
+                .expect("run flowhouse loadtest run")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "loadtest run failed ({}):\n{stdout}\n{}\ningest log:\n{}\nendpoint log:\n{}\nquery API log:\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr),
+        ingest.log_text(),
+        endpoint_service.log_text(),
+        query_service.log_text()
+    );
+
+    let report = read_json(&out_dir.join("report.json"));
+    let context = format!("report:\n{report:#}\nstdout:\n{stdout}");
+    assert_eq!(report["verified"], true, "{context}");
+    assert_eq!(report["mismatches"], serde_json::json!([]), "{context}");
+    assert_eq!(report["events_sent"], MESSAGES, "{context}");
+    assert_eq!(report["produce"]["messages_acked"], MESSAGES, "{context}");
+    assert_eq!(report["produce"]["messages_failed"], 0, "{context}");
+    let workload = &report["workload"];
+    let (events, logs) = (
+        workload["events"].as_u64().unwrap(),
+        workload["logs"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        events + logs + workload["duplicates_sent"].as_u64().unwrap(),
+        MESSAGES,
+        "the generator's truth counts every message sent: {context}"
+    );
+    assert!(events > 0 && logs > 0, "{context}");
+    // Every field the benchmark reads is there.
+    for field in [
+        "events_per_sec",
+        "broker_drain_per_sec",
+        "freshness_p99_ms",
+        "query_p50_ms",
+        "query_p99_ms",
+        "cache_hit_rate",
+    ] {
+        assert!(report[field].is_number(), "{field} missing: {context}");
+    }
+    // The broker drain read the run's messages (and the freshness markers); the raw insert
+    // wrote exactly the run's rows.
+    assert!(
+        report["baselines"]["broker_drain"]["items"]
+            .as_u64()
+            .unwrap()
+            >= MESSAGES,
+        "{context}"
+    );
+    assert_eq!(
+        report["baselines"]["raw_insert"]["items"], MESSAGES,
+        "{context}"
+    );
+    assert!(
+        report["dashboards"]["requests"].as_u64().unwrap() > 0,
+        "{context}"
+    );
+    for file in [
+        "truth.json",
+        "throughput.png",
+        "freshness.png",
+        "latency.png",
+    ] {
+        assert!(out_dir.join(file).is_file(), "{file} was not written");
+    }
+
+    // And ClickHouse itself holds exactly what the generator says was sent.
+    let client = world.stack.clickhouse_client(&world.db);
+    let tenants: Vec<String> = read_json(&out_dir.join("truth.json"))["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant"]["workspace_id"].as_str().unwrap().to_string())
+        .collect();
+    let count = |sql: &'static str| {
+        let (client, tenants) = (client.clone(), tenants.clone());
+        async move {
+            client
+                .query(sql)
+                .param("ws", tenants)
+                .fetch_one::<u64>()
+                .await
+                .expect(sql)
+        }
+    };
+    assert_eq!(
+        count("SELECT uniqExact(id) FROM events WHERE workspace_id IN {ws:Array(UUID)}").await,
+        events
+    );
+    assert_eq!(
+        count("SELECT count() FROM logs WHERE workspace_id IN {ws:Array(UUID)}").await,
+        logs
+    );
+    // No scratch table of the raw-insert baseline is left behind.
+    let scratch: u64 = client
+        .query(
+            "SELECT count() FROM system.tables \
+             WHERE database = currentDatabase() AND startsWith(name, 'loadtest_scratch')",
+        )
+        .fetch_one()
+        .await
+        .expect("list tables");
+    assert_eq!(scratch, 0, "the raw-insert baseline left a scratch table");
+
+    for service in [&mut ingest, &mut endpoint_service, &mut query_service] {
+        assert_eq!(
+            service.terminate(Duration::from_secs(60)),
+            Some(0),
+            "a service did not stop cleanly:\n{}",
+            service.log_text()
+        );
+    }
+    world
+        .stack
+        .clickhouse
+        .server_client()
+        .query(&format!("DROP DATABASE IF EXISTS {}", world.db))
+        .execute()
+        .await
+        .expect("drop the test database");
+}
