@@ -66,4 +66,3 @@ impl ClickHouseArgs {
             .with_password(&self.password)
     }
 }
-
