@@ -11,6 +11,7 @@ pub mod fixtures;
 use std::path::PathBuf;
 use std::process::Command;
 
+use flowhouse_schema::contract::TopicArgs;
 use flowhouse_service::clickhouse::ClickHouseArgs;
 use flowhouse_service::kafka::KafkaArgs;
 
@@ -69,6 +70,25 @@ impl Stack {
             .await
             .expect("create a test database");
         name
+    }
+
+    /// The variables a `flowhouse` service process needs to reach this stack, with its own
+    /// database and topics.
+    pub fn service_env(&self, database: &str, topics: &TopicArgs) -> Vec<(&'static str, String)> {
+        vec![
+            ("CLICKHOUSE_URL", self.clickhouse.url.clone()),
+            ("CLICKHOUSE_USER", self.clickhouse.user.clone()),
+            ("CLICKHOUSE_PASSWORD", self.clickhouse.password.clone()),
+            ("CLICKHOUSE_DATABASE", database.to_string()),
+            ("KAFKA_BROKERS", self.kafka.brokers.clone()),
+            ("FLOWHOUSE_EVENTS_TOPIC", topics.events_topic.clone()),
+            ("FLOWHOUSE_LOGS_TOPIC", topics.logs_topic.clone()),
+            ("FLOWHOUSE_DLQ_TOPIC", topics.dlq_topic.clone()),
+            (
+                "FLOWHOUSE_TOPIC_PARTITIONS",
+                topics.topic_partitions.to_string(),
+            ),
+        ]
     }
 
     /// Stops or starts one component of the local stack (`clickhouse` or `kafka`).

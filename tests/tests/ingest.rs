@@ -60,26 +60,16 @@ impl Setup {
         }
     }
 
-    fn start_ingest(&self, extra: &[(&str, &str)]) -> ServiceProcess {
-        let mut env = vec![
-            ("CLICKHOUSE_URL", self.stack.clickhouse.url.clone()),
-            ("CLICKHOUSE_USER", self.stack.clickhouse.user.clone()),
-            (
-                "CLICKHOUSE_PASSWORD",
-                self.stack.clickhouse.password.clone(),
-            ),
-            ("CLICKHOUSE_DATABASE", self.db.clone()),
-            ("KAFKA_BROKERS", self.stack.kafka.brokers.clone()),
-            ("FLOWHOUSE_EVENTS_TOPIC", self.topics.events_topic.clone()),
-            ("FLOWHOUSE_LOGS_TOPIC", self.topics.logs_topic.clone()),
-            ("FLOWHOUSE_DLQ_TOPIC", self.topics.dlq_topic.clone()),
+    fn start_ingest(&self, extra: &[(&'static str, &str)]) -> ServiceProcess {
+        let mut env = self.stack.service_env(&self.db, &self.topics);
+        env.extend([
             ("FLOWHOUSE_INGEST_GROUP", self.group.clone()),
             (
                 "FLOWHOUSE_INGEST_ADMIN_LISTEN",
                 format!("127.0.0.1:{}", self.admin_port),
             ),
             ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "300ms".into()),
-        ];
+        ]);
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         ServiceProcess::start(&["ingest"], &env)
     }

@@ -27,24 +27,9 @@ struct World {
 impl World {
     /// The variables every process of the run shares.
     fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("CLICKHOUSE_URL", self.stack.clickhouse.url.clone()),
-            ("CLICKHOUSE_USER", self.stack.clickhouse.user.clone()),
-            (
-                "CLICKHOUSE_PASSWORD",
-                self.stack.clickhouse.password.clone(),
-            ),
-            ("CLICKHOUSE_DATABASE", self.db.clone()),
-            ("KAFKA_BROKERS", self.stack.kafka.brokers.clone()),
-            ("FLOWHOUSE_EVENTS_TOPIC", self.topics.events_topic.clone()),
-            ("FLOWHOUSE_LOGS_TOPIC", self.topics.logs_topic.clone()),
-            ("FLOWHOUSE_DLQ_TOPIC", self.topics.dlq_topic.clone()),
-            (
-                "FLOWHOUSE_TOPIC_PARTITIONS",
-                self.topics.topic_partitions.to_string(),
-            ),
-            ("FLOWHOUSE_KEYS_FILE", self.keys_file.display().to_string()),
-        ]
+        let mut env = self.stack.service_env(&self.db, &self.topics);
+        env.push(("FLOWHOUSE_KEYS_FILE", self.keys_file.display().to_string()));
+        env
     }
 
     fn start(&self, args: &[&str], extra: &[(&'static str, String)]) -> ServiceProcess {
