@@ -89,6 +89,23 @@ pub struct MetricParams {
     pub limit: u64,
 }
 
+impl MetricParams {
+    /// One entry per bucket of the window, gap-filled: `make` gets each bucket's start and what
+    /// `by_bucket` holds for it (keyed by bucket number, `start / width`), if anything.
+    fn gap_filled<T, B>(
+        &self,
+        by_bucket: &BTreeMap<i64, T>,
+        make: impl Fn(i64, Option<&T>) -> B,
+    ) -> Vec<B> {
+        let width = self.bucket.micros();
+        self.window
+            .bucket_starts(self.bucket)
+            .into_iter()
+            .map(|start| make(start, by_bucket.get(&(start / width))))
+            .collect()
+    }
+}
+
 fn parse(query: Option<&str>, state: &AppState, extra: &[&str]) -> Result<MetricParams, ApiError> {
     const COMMON: &[&str] = &[
         "since",
@@ -398,23 +415,14 @@ pub async fn flow_runs(
             .filter(|((state_type, _), _)| is_failure(state_type))
             .map(|(_, count)| count)
             .sum();
-        let width = p.bucket.micros();
-        let series = p
-            .window
-            .bucket_starts(p.bucket)
-            .into_iter()
-            .map(|start| {
-                let by_state = buckets
-                    .get(&(start / width))
-                    .map(counts)
-                    .unwrap_or_default();
-                StateBucket {
-                    start,
-                    total: by_state.iter().map(|c| c.count).sum(),
-                    by_state,
-                }
-            })
-            .collect();
+        let series = p.gap_filled(&buckets, |start, bucket| {
+            let by_state = bucket.map(counts).unwrap_or_default();
+            StateBucket {
+                start,
+                total: by_state.iter().map(|c| c.count).sum(),
+                by_state,
+            }
+        });
         Ok(FlowRunsResponse {
             window: WindowOut::of(&p),
             filters: p.filters.clone(),
@@ -445,21 +453,15 @@ pub async fn late_runs(
             queries::late_runs(&state.db, tenant, &p.window, p.bucket, &p.filters),
             queries::lateness(&state.db, tenant, &p.window, &p.filters),
         )?;
-        let width = p.bucket.micros();
         let by_bucket: BTreeMap<i64, u64> = late.iter().map(|r| (r.bucket, r.runs)).collect();
         Ok(LateRunsResponse {
             window: WindowOut::of(&p),
             filters: p.filters.clone(),
             late_runs: late.iter().map(|r| r.runs).sum(),
-            series: p
-                .window
-                .bucket_starts(p.bucket)
-                .into_iter()
-                .map(|start| CountBucket {
-                    start,
-                    count: by_bucket.get(&(start / width)).copied().unwrap_or(0),
-                })
-                .collect(),
+            series: p.gap_filled(&by_bucket, |start, count| CountBucket {
+                start,
+                count: count.copied().unwrap_or(0),
+            }),
             mean_lateness_seconds: mean_seconds(lateness.lateness_micros, lateness.runs),
             lateness_runs: lateness.runs,
         })
@@ -591,20 +593,14 @@ pub async fn task_runs(
                 .map(|(_, c)| c)
                 .sum()
         };
-        let width = p.bucket.micros();
-        let series = p
-            .window
-            .bucket_starts(p.bucket)
-            .into_iter()
-            .map(|start| {
-                let map = buckets.get(&(start / width)).cloned().unwrap_or_default();
-                TypeBucket {
-                    start,
-                    failures: failures(&map),
-                    by_state_type: counts(&map),
-                }
-            })
-            .collect();
+        let series = p.gap_filled(&buckets, |start, bucket| {
+            let map = bucket.cloned().unwrap_or_default();
+            TypeBucket {
+                start,
+                failures: failures(&map),
+                by_state_type: counts(&map),
+            }
+        });
         Ok(TaskRunsResponse {
             window: WindowOut::of(&p),
             filters: p.filters.clone(),
@@ -649,23 +645,14 @@ pub async fn logs(
                 })
                 .collect()
         };
-        let width = p.bucket.micros();
-        let series = p
-            .window
-            .bucket_starts(p.bucket)
-            .into_iter()
-            .map(|start| {
-                let by_level = buckets
-                    .get(&(start / width))
-                    .map(counts)
-                    .unwrap_or_default();
-                LevelBucket {
-                    start,
-                    total: by_level.iter().map(|c| c.count).sum(),
-                    by_level,
-                }
-            })
-            .collect();
+        let series = p.gap_filled(&buckets, |start, bucket| {
+            let by_level = bucket.map(counts).unwrap_or_default();
+            LevelBucket {
+                start,
+                total: by_level.iter().map(|c| c.count).sum(),
+                by_level,
+            }
+        });
         Ok(LogsResponse {
             window: WindowOut::of(&p),
             filters: p.filters.clone(),
