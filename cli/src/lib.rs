@@ -2,6 +2,8 @@
 //! in its crate; this crate only wires them (and exposes the command tree, so that tests can check
 //! deployment files against the flags the services really read).
 
+pub mod serve;
+
 use clap::{Parser, Subcommand};
 use flowhouse_service::telemetry::LogArgs;
 
@@ -20,6 +22,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run endpoint, query API and ingest in one process, every route on one port (single
+    /// node; what a Prefect client's one PREFECT_API_URL points at).
+    Serve(serve::Args),
     /// Create or upgrade the ClickHouse schema.
     Migrate(flowhouse_schema::migrate::Args),
     /// Consume events from Kafka into ClickHouse.
@@ -37,6 +42,7 @@ pub enum Command {
 /// Runs one subcommand to completion.
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Serve(args) => serve::run(args).await,
         Command::Migrate(args) => flowhouse_schema::migrate::run(args).await,
         Command::Ingest(args) => flowhouse_ingest::run(args).await,
         Command::Endpoint(args) => flowhouse_endpoint::run(args).await,

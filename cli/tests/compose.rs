@@ -28,6 +28,8 @@ struct Service {
     #[serde(default)]
     ports: Vec<String>,
     #[serde(default)]
+    expose: Vec<String>,
+    #[serde(default)]
     volumes: Vec<String>,
     healthcheck: Option<Healthcheck>,
 }
@@ -108,7 +110,11 @@ fn connections_point_at_the_compose_services() {
     let compose = compose();
     let clickhouse = &compose.services["clickhouse"];
     let kafka = &compose.services["kafka"];
-    let clickhouse_ports: BTreeSet<u16> = clickhouse.ports.iter().map(|p| port_of(p)).collect();
+    let clickhouse_ports: BTreeSet<u16> = clickhouse.expose.iter().map(|p| port_of(p)).collect();
+    assert!(
+        clickhouse.ports.is_empty(),
+        "ClickHouse must not be published outside the compose network"
+    );
     let advertised = &kafka.environment["KAFKA_ADVERTISED_LISTENERS"];
 
     for (name, service, subcommand) in flowhouse_services(&compose) {
@@ -145,10 +151,15 @@ fn connections_point_at_the_compose_services() {
 }
 
 #[test]
-fn listen_ports_are_published_and_health_checked() {
+fn listen_ports_are_exposed_and_health_checked_and_only_the_proxy_is_published() {
     let compose = compose();
     let mut checked = 0;
     for (name, service, _) in flowhouse_services(&compose) {
+        assert!(
+            service.ports.is_empty(),
+            "{name} publishes {:?}: clients go through the proxy",
+            service.ports
+        );
         let Some((variable, listen)) = service
             .environment
             .iter()
@@ -162,9 +173,9 @@ fn listen_ports_are_published_and_health_checked() {
         );
         let port = port_of(listen);
         assert!(
-            service.ports.iter().any(|p| p == &format!("{port}:{port}")),
-            "{name} listens on {port} but publishes {:?}",
-            service.ports
+            service.expose.iter().any(|p| p == &port.to_string()),
+            "{name} listens on {port} but exposes {:?}",
+            service.expose
         );
         let health = service
             .healthcheck
@@ -179,6 +190,88 @@ fn listen_ports_are_published_and_health_checked() {
         checked += 1;
     }
     assert_eq!(checked, 3, "ingest, endpoint and query-api each serve HTTP");
+    let published: Vec<&str> = compose
+        .services
+        .iter()
+        .filter(|(_, s)| !s.ports.is_empty())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(published, ["proxy"]);
+}
+
+/// The proxy's rules: `(regex or None for the fallback, upstream host:port)`, in order.
+fn proxy_rules() -> Vec<(Option<regex::Regex>, String)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose/proxy.conf");
+    let text = std::fs::read_to_string(path).expect("read proxy.conf");
+    let mut rules = Vec::new();
+    let mut pattern: Option<Option<regex::Regex>> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("location ~ ") {
+            let regex = rest.trim_end_matches('{').trim();
+            pattern = Some(Some(regex::Regex::new(regex).expect("a valid regex")));
+        } else if line.starts_with("location / ") {
+            pattern = Some(None);
+        } else if let Some(target) = line.strip_prefix("proxy_pass http://") {
+            let target = target.trim_end_matches(';').to_string();
+            rules.push((
+                pattern.take().expect("proxy_pass inside a location"),
+                target,
+            ));
+        }
+    }
+    rules
+}
+
+fn upstream(rules: &[(Option<regex::Regex>, String)], path: &str) -> String {
+    rules
+        .iter()
+        .find(|(pattern, _)| pattern.as_ref().is_some_and(|p| p.is_match(path)))
+        .or_else(|| rules.iter().find(|(pattern, _)| pattern.is_none()))
+        .map(|(_, target)| target.clone())
+        .expect("a rule for every path")
+}
+
+#[test]
+fn the_proxy_sends_writes_to_the_endpoint_and_the_rest_to_the_query_api() {
+    let compose = compose();
+    let listen = |name: &str| {
+        let service = &compose.services[name];
+        let listen = service
+            .environment
+            .iter()
+            .find(|(k, _)| k.ends_with("_LISTEN"))
+            .map(|(_, v)| port_of(v))
+            .unwrap();
+        format!("{name}:{listen}")
+    };
+    let (endpoint, query) = (listen("endpoint"), listen("query-api"));
+    let rules = proxy_rules();
+    let writes = ["events", "logs", "events/in"];
+    let reads = [
+        "events/filter",
+        "events/filter/next",
+        "events/count-by/time",
+        "events/out",
+        "logs/filter",
+        "logs/out",
+        "flow_runs/history",
+        "metrics/flow-runs",
+        "admin/version",
+        "csrf-token",
+    ];
+    for base in ["/api/accounts/0b0e/workspaces/7c1d", "/api"] {
+        for slash in ["", "/"] {
+            for route in writes {
+                let path = format!("{base}/{route}{slash}");
+                assert_eq!(upstream(&rules, &path), endpoint, "{path}");
+            }
+            for route in reads {
+                let path = format!("{base}/{route}{slash}");
+                assert_eq!(upstream(&rules, &path), query, "{path}");
+            }
+        }
+    }
+    assert_eq!(upstream(&rules, "/openapi.json"), query);
 }
 
 #[test]

@@ -252,7 +252,9 @@ async fn main() {
     .unwrap();
     let mut args = Args::new(kafka.clone(), keys_file, topics());
     args.rate_limit = 0.0;
-    let app = App::start(&args).await.expect("endpoint");
+    let app = App::start(&args, Default::default())
+        .await
+        .expect("endpoint");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = app.router();

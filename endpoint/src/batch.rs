@@ -8,40 +8,24 @@ use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use flowhouse_schema::Rejection;
 use flowhouse_schema::event::{Limits, parse_event};
 use flowhouse_schema::log::parse_log;
+use flowhouse_schema::{Rejection, Stream};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::value::RawValue;
 
 use crate::error::{ApiError, ItemProblem};
 
-/// What a batch (or a websocket message) holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Events,
-    Logs,
-}
-
-impl Kind {
-    pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Events => "events",
-            Kind::Logs => "logs",
-        }
-    }
-
-    /// Validates one item; the parsed value is not needed here, only the verdict.
-    pub fn validate(
-        self,
-        raw: &[u8],
-        limits: &Limits,
-        now: DateTime<Utc>,
-    ) -> Result<(), Rejection> {
-        match self {
-            Kind::Events => parse_event(raw, limits, now).map(drop),
-            Kind::Logs => parse_log(raw, limits, now).map(drop),
-        }
+/// Validates one item of `stream`; the parsed value is not needed here, only the verdict.
+pub fn validate(
+    stream: Stream,
+    raw: &[u8],
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<(), Rejection> {
+    match stream {
+        Stream::Events => parse_event(raw, limits, now).map(drop),
+        Stream::Logs => parse_log(raw, limits, now).map(drop),
     }
 }
 
@@ -73,7 +57,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 /// the whole batch is refused with a 422 naming every problem by index and field.
 pub fn split_and_validate(
     body: &Bytes,
-    kind: Kind,
+    stream: Stream,
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Vec<Bytes>, ApiError> {
@@ -82,7 +66,7 @@ pub fn split_and_validate(
             ApiError::BadRequest(format!("the body is not valid JSON: {error}"))
         } else {
             ApiError::Invalid {
-                detail: format!("the body must be a JSON list of {}", kind.plural()),
+                detail: format!("the body must be a JSON list of {}", stream.plural()),
                 problems: vec![ItemProblem {
                     index: 0,
                     field: String::new(),
@@ -94,7 +78,7 @@ pub fn split_and_validate(
     let mut problems = Vec::new();
     let mut invalid = 0;
     for (index, raw) in items.iter().enumerate() {
-        let Err(rejection) = kind.validate(raw.get().as_bytes(), limits, now) else {
+        let Err(rejection) = validate(stream, raw.get().as_bytes(), limits, now) else {
             continue;
         };
         invalid += 1;
@@ -118,7 +102,7 @@ pub fn split_and_validate(
             detail: format!(
                 "{invalid} of {} {} are invalid; none of the batch was accepted",
                 items.len(),
-                kind.plural()
+                stream.plural()
             ),
             problems,
         });
@@ -145,7 +129,7 @@ mod tests {
     fn check(body: &str) -> Result<Vec<Bytes>, ApiError> {
         split_and_validate(
             &Bytes::copy_from_slice(body.as_bytes()),
-            Kind::Events,
+            Stream::Events,
             &Limits::default(),
             Utc::now(),
         )
@@ -177,6 +161,38 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].index, 1);
         assert_eq!(problems[0].field, "resource[\"prefect.resource.id\"]");
+    }
+
+    #[test]
+    fn prefects_limit_of_100_related_resources_is_enforced() {
+        let mut event = event("5e0d0b6e-6ee0-4b7e-9b1f-0d6d7c3a9a10");
+        let related = |n: usize| -> Vec<serde_json::Value> {
+            (0..n)
+                .map(|i| {
+                    serde_json::json!({"prefect.resource.id": format!("prefect.tag.{i}"),
+                                       "prefect.resource.role": "tag"})
+                })
+                .collect()
+        };
+        let check_with = |event: &serde_json::Value| {
+            split_and_validate(
+                &Bytes::from(format!("[{event}]")),
+                Stream::Events,
+                &Limits::prefect(),
+                Utc::now(),
+            )
+        };
+        event["related"] = serde_json::Value::Array(related(100));
+        assert!(check_with(&event).is_ok());
+        event["related"] = serde_json::Value::Array(related(101));
+        let Err(ApiError::Invalid { problems, .. }) = check_with(&event) else {
+            panic!("101 related resources must be refused");
+        };
+        assert!(
+            problems[0].message.contains("100"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flowhouse_schema::contract::TopicArgs;
+use flowhouse_schema::event::Limits;
+use flowhouse_service::http::PublicApiArgs;
 use flowhouse_service::kafka::KafkaArgs;
 
 /// Flags of `flowhouse endpoint`.
@@ -14,6 +16,10 @@ pub struct Args {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
+    #[command(flatten)]
+    pub public: PublicApiArgs,
+    #[command(flatten)]
+    pub limits: EventLimitArgs,
     /// Where the API (and /healthz, /readyz, /metrics) is served.
     #[arg(
         long,
@@ -73,6 +79,62 @@ pub struct Args {
     pub auth_timeout: Duration,
 }
 
+/// The limits on one event the endpoint enforces; Prefect's server defaults, configurable up to
+/// what the ingest consumer accepts ([`Limits::default`]).
+#[derive(clap::Args, Clone, Debug)]
+pub struct EventLimitArgs {
+    /// Largest event or log line, in bytes (413 over HTTP, close 1009 on a websocket).
+    #[arg(long, env = "FLOWHOUSE_MAX_EVENT_BYTES", default_value_t = Limits::prefect().max_event_bytes)]
+    pub max_event_bytes: usize,
+    /// Most related resources of one event (Prefect: `PREFECT_SERVER_EVENTS_MAXIMUM_RELATED_RESOURCES`).
+    #[arg(long, env = "FLOWHOUSE_MAX_RELATED_RESOURCES", default_value_t = Limits::prefect().max_related)]
+    pub max_related_resources: usize,
+    /// Most labels of one resource (Prefect: `PREFECT_SERVER_EVENTS_MAXIMUM_LABELS_PER_RESOURCE`).
+    #[arg(long, env = "FLOWHOUSE_MAX_LABELS_PER_RESOURCE", default_value_t = Limits::prefect().max_labels_per_resource)]
+    pub max_labels_per_resource: usize,
+}
+
+impl Default for EventLimitArgs {
+    fn default() -> Self {
+        let prefect = Limits::prefect();
+        Self {
+            max_event_bytes: prefect.max_event_bytes,
+            max_related_resources: prefect.max_related,
+            max_labels_per_resource: prefect.max_labels_per_resource,
+        }
+    }
+}
+
+impl EventLimitArgs {
+    /// The limits, once each is known to be within what ingest accepts.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let ceiling = Limits::default();
+        for (flag, value, most) in [
+            (
+                "FLOWHOUSE_MAX_RELATED_RESOURCES",
+                self.max_related_resources,
+                ceiling.max_related,
+            ),
+            (
+                "FLOWHOUSE_MAX_LABELS_PER_RESOURCE",
+                self.max_labels_per_resource,
+                ceiling.max_labels_per_resource,
+            ),
+        ] {
+            anyhow::ensure!(
+                value <= most,
+                "{flag}={value} is over {most}, the most the ingest consumer accepts"
+            );
+        }
+        Ok(Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_related: self.max_related_resources,
+            max_labels_per_resource: self.max_labels_per_resource,
+            ..Limits::prefect()
+        })
+    }
+}
+
 impl Args {
     /// The default flags with the given brokers, keys file and topics: what tests and
     /// benchmarks start from.
@@ -80,6 +142,8 @@ impl Args {
         Self {
             kafka,
             topics,
+            public: PublicApiArgs::new(),
+            limits: EventLimitArgs::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4200)),
             keys_file,
             max_body_bytes: 10 * 1024 * 1024,
@@ -119,5 +183,37 @@ mod tests {
         assert_eq!(built.max_in_flight, parsed.max_in_flight);
         assert_eq!(built.delivery_timeout, parsed.delivery_timeout);
         assert_eq!(built.auth_timeout, parsed.auth_timeout);
+        assert_eq!(
+            built.public.prefect_api_version,
+            parsed.public.prefect_api_version
+        );
+        let (built, parsed) = (
+            built.limits.limits().unwrap(),
+            parsed.limits.limits().unwrap(),
+        );
+        assert_eq!(built.max_event_bytes, parsed.max_event_bytes);
+        assert_eq!(built.max_related, parsed.max_related);
+        assert_eq!(
+            built.max_labels_per_resource,
+            parsed.max_labels_per_resource
+        );
+    }
+
+    #[test]
+    fn limits_are_prefects_and_never_over_what_ingest_accepts() {
+        let limits = EventLimitArgs::default().limits().unwrap();
+        assert_eq!(limits.max_related, 100);
+        assert_eq!(limits.max_labels_per_resource, 500);
+        assert_eq!(limits.max_event_bytes, 1_500_000);
+        let over = EventLimitArgs {
+            max_related_resources: 501,
+            ..EventLimitArgs::default()
+        };
+        assert!(
+            over.limits()
+                .unwrap_err()
+                .to_string()
+                .contains("FLOWHOUSE_MAX_RELATED_RESOURCES=501")
+        );
     }
 }

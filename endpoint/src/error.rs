@@ -141,20 +141,6 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::Unavailable { .. } => 1013,
         }
     }
-
-    /// The reason of a close frame, cut to the 123 bytes a control frame has room for.
-    pub fn close_reason(&self) -> String {
-        let mut reason = self.to_string();
-        if reason.len() > 123 {
-            let mut end = 120;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-            reason.push_str("...");
-        }
-        reason
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -206,14 +192,5 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-    }
-
-    #[test]
-    fn close_reasons_fit_a_control_frame() {
-        let error = ApiError::Forbidden("é".repeat(200));
-        let reason = error.close_reason();
-        assert!(reason.len() <= 123);
-        assert!(reason.ends_with("..."));
-        assert_eq!(error.close_code(), 1008);
     }
 }

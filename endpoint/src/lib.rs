@@ -7,9 +7,10 @@
 //! |---|---|---|
 //! | `POST /events` | a JSON list of events | 204 once Kafka acknowledged every one |
 //! | `GET /events/in` (websocket) | one JSON event per text message | a pong once every earlier event is acknowledged |
-//! | `POST /logs` | a JSON list of log lines | 204 once Kafka acknowledged every one |
+//! | `POST /logs` | a JSON list of log lines | 201 once Kafka acknowledged every one |
 //!
-//! plus `/healthz`, `/readyz` and `/metrics`. The tenant written to Kafka is the workspace of the
+//! with or without a trailing slash (the SDK posts to `/logs/`), plus Prefect's `/admin/version`
+//! and `/health`, and `/healthz`, `/readyz` and `/metrics`. The tenant written to Kafka is the workspace of the
 //! path, and only once the caller's key is proven to hold it ([`flowhouse_keys`]); events are
 //! validated by [`flowhouse_schema`], the code the ingest consumer uses too.
 //!
@@ -33,6 +34,7 @@ use flowhouse_keys::Keys;
 use flowhouse_schema::contract::TopicArgs;
 use flowhouse_schema::event::Limits;
 use flowhouse_service::admin::Readiness;
+use flowhouse_service::http::PublicApi;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,7 +53,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// requests, closes websockets once their events are acknowledged, and flushes the producer.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = flowhouse_service::shutdown::on_signal();
-    let app = App::start(&args).await?;
+    let app = App::start(&args, Readiness::default()).await?;
     flowhouse_service::admin::serve(args.listen, app.router(), shutdown).await?;
     app.drain(DRAIN_TIMEOUT).await
 }
@@ -75,17 +77,20 @@ pub(crate) struct Shared {
 /// stops when it is dropped.
 pub struct App {
     shared: Arc<Shared>,
+    public: PublicApi,
     readiness: Readiness,
     background: Vec<JoinHandle<()>>,
     stop_background: CancellationToken,
 }
 
 impl App {
-    /// Loads the keys, creates the topics if missing, and connects the producer.
-    pub async fn start(args: &Args) -> anyhow::Result<Self> {
+    /// Loads the keys, creates the topics if missing, and connects the producer; reports its
+    /// state in `readiness` (shared with other services when they run in one process).
+    pub async fn start(args: &Args, readiness: Readiness) -> anyhow::Result<Self> {
         // Installs the Prometheus recorder before the first counter is touched.
         flowhouse_service::telemetry::metrics_handle();
-        let readiness = Readiness::default();
+        let public = args.public.build()?;
+        let limits = args.limits.limits()?;
         let keys = Keys::load(&args.keys_file)?;
         readiness.ready("keys");
         flowhouse_service::kafka::ensure_topics(&args.kafka, &args.topics.specs())
@@ -113,7 +118,7 @@ impl App {
             keys,
             producer,
             limiter: RateLimiter::new(args.rate_limit, args.rate_burst),
-            limits: Arc::new(Limits::default()),
+            limits: Arc::new(limits),
             topics: args.topics.clone(),
             max_body_bytes: args.max_body_bytes,
             auth_timeout: args.auth_timeout,
@@ -122,6 +127,7 @@ impl App {
         });
         Ok(Self {
             shared,
+            public,
             readiness,
             background,
             stop_background,
@@ -130,8 +136,15 @@ impl App {
 
     /// The API and the admin routes, on one port.
     pub fn router(&self) -> Router {
+        self.public.router(
+            self.api_routes()
+                .merge(flowhouse_service::admin::routes(self.readiness.clone())),
+        )
+    }
+
+    /// The ingestion routes alone, to be served with other services' routes in one process.
+    pub fn api_routes(&self) -> Router {
         routes::router(self.shared.clone())
-            .merge(flowhouse_service::admin::routes(self.readiness.clone()))
     }
 
     pub fn readiness(&self) -> Readiness {

@@ -1,5 +1,5 @@
-//! The HTTP routes: `POST /events` and `POST /logs` take a JSON list and answer 204 only once
-//! Kafka acknowledged every item of it.
+//! The HTTP routes: `POST /events` (204) and `POST /logs` (201, as Prefect answers the SDK's
+//! `POST /logs/`) take a JSON list and answer only once Kafka acknowledged every item of it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,16 +10,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use chrono::Utc;
-use flowhouse_keys::{Scope, bearer_token};
-use flowhouse_schema::{Envelope, Tenant};
+use flowhouse_keys::{Scope, key_from_authorization};
+use flowhouse_schema::{Envelope, Stream, Tenant};
+use flowhouse_service::http::WORKSPACE_BASE;
 use uuid::Uuid;
 
 use crate::Shared;
-use crate::batch::{Kind, read_body, split_and_validate};
+use crate::batch::{read_body, split_and_validate};
 use crate::error::ApiError;
-
-/// Prefect's workspace-scoped base path.
-pub const WORKSPACE_BASE: &str = "/api/accounts/{account_id}/workspaces/{workspace_id}";
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -57,17 +55,15 @@ impl Shared {
         Ok(self.keys.authorize(key, account, workspace, Scope::Write)?)
     }
 
-    pub(crate) fn topic(&self, kind: Kind) -> &str {
-        match kind {
-            Kind::Events => &self.topics.events_topic,
-            Kind::Logs => &self.topics.logs_topic,
-        }
+    pub(crate) fn topic(&self, stream: Stream) -> &str {
+        stream.topic(&self.topics)
     }
 }
 
-/// The key of an `Authorization: Bearer <key>` header.
-pub(crate) fn request_key(headers: &HeaderMap) -> Option<&str> {
-    bearer_token(
+/// The key of the request's `Authorization` header (Bearer, or Basic as Prefect clients with an
+/// auth string send it).
+pub(crate) fn request_key(headers: &HeaderMap) -> Option<String> {
+    key_from_authorization(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok()),
@@ -80,7 +76,8 @@ async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    ingest(&shared, Kind::Events, &path, &headers, body).await
+    ingest(&shared, Stream::Events, &path, &headers, body).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn post_logs(
@@ -89,7 +86,8 @@ async fn post_logs(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    ingest(&shared, Kind::Logs, &path, &headers, body).await
+    ingest(&shared, Stream::Logs, &path, &headers, body).await?;
+    Ok(StatusCode::CREATED)
 }
 
 /// The checks run cheapest first, so that a refused request costs little: the key, the rate
@@ -97,33 +95,33 @@ async fn post_logs(
 /// before producing anything.
 async fn ingest(
     shared: &Arc<Shared>,
-    kind: Kind,
+    stream: Stream,
     path: &(String, String),
     headers: &HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(), ApiError> {
     let started = Instant::now();
-    let tenant = shared.authorize(request_key(headers), path)?;
+    let tenant = shared.authorize(request_key(headers).as_deref(), path)?;
     shared
         .limiter
         .check(tenant)
-        .map_err(|wait| rate_limited(kind, wait))?;
+        .map_err(|wait| rate_limited(stream, wait))?;
     shared.producer.check_available()?;
 
     let body = read_body(headers, body, shared.max_body_bytes).await?;
     let limits = shared.limits.clone();
     // Parsing megabytes of JSON is CPU work: off the async workers, so other requests go on.
     let items =
-        tokio::task::spawn_blocking(move || split_and_validate(&body, kind, &limits, Utc::now()))
+        tokio::task::spawn_blocking(move || split_and_validate(&body, stream, &limits, Utc::now()))
             .await
             .map_err(|error| ApiError::BadRequest(format!("validation failed: {error}")))??;
     if items.is_empty() {
-        return Ok(StatusCode::NO_CONTENT);
+        return Ok(());
     }
     shared
         .limiter
         .take(tenant, items.len())
-        .map_err(|wait| rate_limited(kind, wait))?;
+        .map_err(|wait| rate_limited(stream, wait))?;
 
     // Held until every delivery resolved: the queue bound counts this batch meanwhile.
     let _permit = shared.producer.try_reserve(items.len())?;
@@ -133,7 +131,7 @@ async fn ingest(
     };
     let key = envelope.key();
     let kafka_headers = envelope.headers();
-    let topic = shared.topic(kind);
+    let topic = shared.topic(stream);
     let mut deliveries = Vec::with_capacity(items.len());
     for item in &items {
         // An early return here leaves what was already handed over to be delivered: the client
@@ -146,19 +144,19 @@ async fn ingest(
     }
     futures::future::try_join_all(deliveries).await?;
 
-    metrics::counter!("flowhouse_endpoint_accepted_total", "kind" => kind.plural(), "transport" => "http")
+    metrics::counter!("flowhouse_endpoint_accepted_total", "kind" => stream.plural(), "transport" => "http")
         .increment(items.len() as u64);
-    metrics::histogram!("flowhouse_endpoint_request_seconds", "kind" => kind.plural())
+    metrics::histogram!("flowhouse_endpoint_request_seconds", "kind" => stream.plural())
         .record(started.elapsed().as_secs_f64());
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
-fn rate_limited(kind: Kind, wait: std::time::Duration) -> ApiError {
+fn rate_limited(stream: Stream, wait: std::time::Duration) -> ApiError {
     ApiError::RateLimited {
         detail: format!(
             "this workspace is over its rate limit; nothing of the request was accepted, send \
              the {} again after the Retry-After delay",
-            kind.plural()
+            stream.plural()
         ),
         retry_after: wait,
     }

@@ -32,16 +32,19 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::Utc;
+use flowhouse_keys::key_from_auth_string;
 use flowhouse_schema::contract::header;
-use flowhouse_schema::{Envelope, Tenant};
+use flowhouse_schema::{Envelope, Stream, Tenant};
+use flowhouse_service::websocket::{
+    AUTH_SUCCESS, NO_SOCKET_CREDENTIAL, Opening, auth_message, read_opening,
+};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
 use rdkafka::message::Header;
 use rdkafka::types::RDKafkaErrorCode;
-use serde::Deserialize;
 
 use crate::Shared;
-use crate::batch::Kind;
+use crate::batch::validate;
 use crate::error::ApiError;
 use crate::producer::{Delivery, Permit};
 use crate::routes::{WorkspacePath, request_key, workspace_ids};
@@ -57,7 +60,7 @@ pub(crate) async fn upgrade(
 ) -> Result<Response, ApiError> {
     // Cloud style: checked before upgrading, so a bad key is a plain 401/403.
     let tenant = match request_key(&headers) {
-        Some(key) => Some(shared.authorize(Some(key), &path)?),
+        Some(key) => Some(shared.authorize(Some(&key), &path)?),
         None => {
             // Self-hosted style: the key comes in the first message; the path must still
             // name a workspace.
@@ -158,59 +161,44 @@ async fn handshake(
     socket: &mut WebSocket,
     path: &(String, String),
 ) -> Result<Tenant, Option<ApiError>> {
-    let deadline = tokio::time::sleep(shared.auth_timeout);
-    tokio::pin!(deadline);
-    loop {
-        let message = tokio::select! {
-            message = socket.recv() => message,
-            () = &mut deadline => {
-                return Err(Some(ApiError::Unauthorized(format!(
-                    "no auth message within {:?}: send {{\"type\": \"auth\", \"token\": \"<key>\"}} first",
-                    shared.auth_timeout
-                ))));
-            }
-        };
-        let raw = match message {
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message.into_data(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(None),
-        };
-        let Some(token) = auth_message(&raw) else {
+    let token = match read_opening(socket, shared.auth_timeout).await {
+        Opening::Auth(token) => token,
+        Opening::NotAuth => {
             return Err(Some(ApiError::Unauthorized(
                 "the first message must be {\"type\": \"auth\", \"token\": \"<key>\"}".into(),
             )));
-        };
-        let tenant = shared.authorize(token.as_deref(), path)?;
-        socket
-            .send(Message::text(r#"{"type":"auth_success"}"#))
-            .await
-            .map_err(|_| None)?;
-        return Ok(tenant);
-    }
+        }
+        Opening::TimedOut => {
+            return Err(Some(ApiError::Unauthorized(format!(
+                "no auth message within {:?}: send {{\"type\": \"auth\", \"token\": \"<key>\"}} first",
+                shared.auth_timeout
+            ))));
+        }
+        Opening::Gone => return Err(None),
+    };
+    let tenant = authorize_token(shared, token.as_deref(), path)?;
+    socket
+        .send(Message::text(AUTH_SUCCESS))
+        .await
+        .map_err(|_| None)?;
+    Ok(tenant)
 }
 
-/// The token of an auth message, or `None` if `raw` is not one.
-fn auth_message(raw: &[u8]) -> Option<Option<String>> {
-    #[derive(Deserialize)]
-    struct Auth {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        token: Option<String>,
+/// The tenant of an auth message's token; a socket without any key is told which Prefect
+/// settings send one.
+fn authorize_token(
+    shared: &Shared,
+    token: Option<&str>,
+    path: &(String, String),
+) -> Result<Tenant, ApiError> {
+    match token.map(key_from_auth_string) {
+        Some(key) if !key.is_empty() => shared.authorize(Some(key), path),
+        _ => Err(ApiError::Unauthorized(NO_SOCKET_CREDENTIAL.into())),
     }
-    serde_json::from_slice::<Auth>(raw)
-        .ok()
-        .filter(|auth| auth.kind == "auth")
-        .map(|auth| auth.token)
 }
 
 async fn close(socket: &mut WebSocket, error: &ApiError) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: error.close_code(),
-            reason: error.close_reason().into(),
-        })))
-        .await;
+    flowhouse_service::websocket::close(socket, error.close_code(), &error.to_string()).await;
 }
 
 struct Session {
@@ -253,10 +241,10 @@ impl Session {
             if std::mem::take(&mut self.may_auth)
                 && let Some(token) = auth_message(&raw)
             {
-                if let Err(error) = self.shared.authorize(token.as_deref(), &self.path) {
+                if let Err(error) = authorize_token(&self.shared, token.as_deref(), &self.path) {
                     return End::Failed(error);
                 }
-                let reply = Message::text(r#"{"type":"auth_success"}"#);
+                let reply = Message::text(AUTH_SUCCESS);
                 if socket.send(reply).await.is_err() {
                     return End::Client;
                 }
@@ -283,7 +271,7 @@ impl Session {
             received: Some(received),
         };
         let mut headers = envelope.headers();
-        let topic = match Kind::Events.validate(&raw, &shared.limits, received) {
+        let topic = match validate(Stream::Events, &raw, &shared.limits, received) {
             Ok(()) => &shared.topics.events_topic,
             Err(rejection) => {
                 let reason = rejection.to_string();
@@ -296,7 +284,7 @@ impl Session {
                     })
                     .insert(Header {
                         key: header::DLQ_KIND,
-                        value: Some(rejection.kind()),
+                        value: Some(rejection.kind().as_str()),
                     });
                 &shared.topics.dlq_topic
             }
@@ -371,24 +359,5 @@ impl Future for Pending {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.delivery.poll_unpin(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auth_messages_are_told_from_events() {
-        assert_eq!(
-            auth_message(br#"{"type":"auth","token":"fh_x"}"#),
-            Some(Some("fh_x".into()))
-        );
-        assert_eq!(auth_message(br#"{"type":"auth","token":null}"#), Some(None));
-        assert_eq!(auth_message(br#"{"type":"filter"}"#), None);
-        assert_eq!(
-            auth_message(br#"{"id":"x","event":"prefect.flow-run.Completed"}"#),
-            None
-        );
     }
 }

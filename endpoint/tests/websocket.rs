@@ -179,7 +179,7 @@ async fn a_failed_handshake_closes_the_socket_with_the_reason() {
             "no token",
             Some(json!({"type": "auth", "token": null})),
             1008,
-            "no API key",
+            "no key: set PREFECT_API_AUTH_STRING=<key>, or PREFECT_API_KEY=<key> with PREFECT_CLOUD_API_URL",
         ),
         (
             "another tenant's key",

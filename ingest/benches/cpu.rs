@@ -33,10 +33,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, SamplingMode, Throughput};
 use flowhouse_ingest::batch::{Batch, BatchLimits, Item, PartitionBatcher};
-use flowhouse_ingest::decode::{Row, Table, decode};
 use flowhouse_ingest::sink::Sink;
 use flowhouse_loadtest::workload::{Workload, WorkloadConfig, runs_for_messages};
 use flowhouse_schema::Envelope;
+use flowhouse_schema::Stream;
+use flowhouse_schema::decode::{Row, decode};
 use flowhouse_schema::event::Limits;
 use flowhouse_schema::rows::{EventRow, LogRow};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -50,7 +51,7 @@ const BASELINE: &str = "json_value";
 
 /// One Kafka message as the consumer receives it.
 struct Input {
-    table: Table,
+    stream: Stream,
     value: Vec<u8>,
     headers: OwnedHeaders,
 }
@@ -68,10 +69,10 @@ fn inputs(end: DateTime<Utc>) -> Vec<Input> {
                 received: Some(message.time()),
             };
             Input {
-                table: if message.is_event() {
-                    Table::Events
+                stream: if message.is_event() {
+                    Stream::Events
                 } else {
-                    Table::Logs
+                    Stream::Logs
                 },
                 value: message.json(),
                 headers: envelope.headers(),
@@ -83,12 +84,12 @@ fn inputs(end: DateTime<Utc>) -> Vec<Input> {
 fn describe(inputs: &[Input]) {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for input in inputs {
-        let kind = match input.table {
-            Table::Logs => "log lines",
-            Table::Events if input.value.windows(17).any(|w| w == b"prefect.task-run.") => {
+        let kind = match input.stream {
+            Stream::Logs => "log lines",
+            Stream::Events if input.value.windows(17).any(|w| w == b"prefect.task-run.") => {
                 "task-run events"
             }
-            Table::Events => "flow-run events",
+            Stream::Events => "flow-run events",
         };
         *counts.entry(kind).or_default() += 1;
     }
@@ -102,7 +103,7 @@ fn describe(inputs: &[Input]) {
 
 fn decode_one(input: &Input, limits: &Limits, now: DateTime<Utc>) -> Row {
     decode(
-        input.table,
+        input.stream,
         Some(&input.value),
         Some(input.headers.as_borrowed()),
         Timestamp::NotAvailable,
@@ -120,8 +121,8 @@ fn batches(rows: impl IntoIterator<Item = Row>) -> Vec<Batch> {
         max_age: Duration::from_secs(3600),
     };
     let now = Instant::now();
-    let mut events = PartitionBatcher::new(Table::Events, 0, None);
-    let mut logs = PartitionBatcher::new(Table::Logs, 0, None);
+    let mut events = PartitionBatcher::new(Stream::Events, 0, None);
+    let mut logs = PartitionBatcher::new(Stream::Logs, 0, None);
     for (offset, row) in rows.into_iter().enumerate() {
         let batcher = match row {
             Row::Event(_) => &mut events,

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use flowhouse_schema::rows::{EventRow, LogRow};
 
 use crate::dead_letter::DeadLetter;
-use crate::decode::{Row, Table};
+use flowhouse_schema::Stream;
+use flowhouse_schema::decode::Row;
 
 /// When a batch closes. Defaults measured on the local stack (see the README's Performance
 /// section): big enough that one insert carries thousands of rows, small and young enough that
@@ -47,10 +48,10 @@ pub enum Rows {
 }
 
 impl Rows {
-    fn new(table: Table) -> Self {
-        match table {
-            Table::Events => Rows::Events(Vec::new()),
-            Table::Logs => Rows::Logs(Vec::new()),
+    fn new(stream: Stream) -> Self {
+        match stream {
+            Stream::Events => Rows::Events(Vec::new()),
+            Stream::Logs => Rows::Logs(Vec::new()),
         }
     }
 
@@ -78,7 +79,7 @@ impl Rows {
 /// A closed batch: a contiguous offset range of one partition.
 #[derive(Debug)]
 pub struct Batch {
-    pub table: Table,
+    pub stream: Stream,
     pub partition: i32,
     pub range: Range,
     pub rows: Rows,
@@ -104,7 +105,7 @@ struct Open {
 /// Batching state of one assigned partition, from the first message of its assignment.
 #[derive(Debug)]
 pub struct PartitionBatcher {
-    table: Table,
+    stream: Stream,
     partition: i32,
     open: Option<Open>,
     /// The partition's latest recorded range, until it has been re-formed.
@@ -133,9 +134,9 @@ impl Item {
 impl PartitionBatcher {
     /// `latest` is the partition's latest recorded range: it is replayed as one batch under its
     /// own token, and what precedes it is already stored.
-    pub fn new(table: Table, partition: i32, latest: Option<Range>) -> Self {
+    pub fn new(stream: Stream, partition: i32, latest: Option<Range>) -> Self {
         Self {
-            table,
+            stream,
             partition,
             open: None,
             replay: latest,
@@ -171,7 +172,7 @@ impl PartitionBatcher {
                 self.open.insert(Open {
                     first: offset,
                     last: offset,
-                    rows: Rows::new(self.table),
+                    rows: Rows::new(self.stream),
                     dead_letters: Vec::new(),
                     bytes: 0,
                     opened: now,
@@ -229,7 +230,7 @@ impl PartitionBatcher {
             ),
         };
         self.closed.push_back(Batch {
-            table: self.table,
+            stream: self.stream,
             partition: self.partition,
             range,
             rows: open.rows,
@@ -295,7 +296,7 @@ mod tests {
             max_age: Duration::from_secs(1),
             ..limits(3)
         };
-        let mut batcher = PartitionBatcher::new(Table::Logs, 0, None);
+        let mut batcher = PartitionBatcher::new(Stream::Logs, 0, None);
         for offset in 10..17 {
             batcher.push(offset, row(), &limits, now);
         }
@@ -314,7 +315,7 @@ mod tests {
         let now = Instant::now();
         // Recorded by a run that crashed: [100, 104]; this run starts there.
         let mut batcher = PartitionBatcher::new(
-            Table::Logs,
+            Stream::Logs,
             0,
             Some(Range {
                 first: 100,
@@ -337,7 +338,7 @@ mod tests {
     #[test]
     fn a_recorded_range_whose_last_offset_is_gone_still_closes_at_its_end() {
         let now = Instant::now();
-        let mut batcher = PartitionBatcher::new(Table::Logs, 0, Some(Range { first: 0, last: 5 }));
+        let mut batcher = PartitionBatcher::new(Stream::Logs, 0, Some(Range { first: 0, last: 5 }));
         for offset in [0, 1, 2, 7, 8] {
             batcher.push(offset, row(), &limits(100), now);
         }
@@ -352,7 +353,7 @@ mod tests {
     fn messages_before_the_latest_recorded_range_are_already_stored() {
         let now = Instant::now();
         let mut batcher = PartitionBatcher::new(
-            Table::Logs,
+            Stream::Logs,
             0,
             Some(Range {
                 first: 10,
@@ -372,7 +373,7 @@ mod tests {
     #[test]
     fn shutdown_leaves_a_partial_replayed_range_alone() {
         let now = Instant::now();
-        let mut batcher = PartitionBatcher::new(Table::Logs, 0, Some(Range { first: 0, last: 9 }));
+        let mut batcher = PartitionBatcher::new(Stream::Logs, 0, Some(Range { first: 0, last: 9 }));
         for offset in 0..4 {
             batcher.push(offset, row(), &limits(100), now);
         }
@@ -384,7 +385,7 @@ mod tests {
     #[test]
     fn a_range_entirely_behind_the_start_is_not_replayed() {
         let now = Instant::now();
-        let mut batcher = PartitionBatcher::new(Table::Logs, 0, Some(Range { first: 0, last: 9 }));
+        let mut batcher = PartitionBatcher::new(Stream::Logs, 0, Some(Range { first: 0, last: 9 }));
         for offset in 10..13 {
             batcher.push(offset, row(), &limits(100), now);
         }

@@ -26,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BatchLimits, Item, PartitionBatcher, Range};
 use crate::dead_letter::{DeadLetter, DeadLetterProducer};
-use crate::decode::{Table, decode_message};
 use crate::exactly_once::batch_token;
 use crate::manifest::Manifest;
 use crate::sink::{Backoff, Sink, retry};
 use crate::telemetry;
+use flowhouse_schema::Stream;
+use flowhouse_schema::decode::decode_message;
 
 /// How long a revocation waits for the revoked partitions' flushes to reach a safe point.
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
@@ -44,8 +45,8 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// The running ingest service.
 pub struct Ingest {
     consumer: Arc<StreamConsumer<IngestContext>>,
-    tables: HashMap<String, Table>,
-    topics: HashMap<Table, Arc<str>>,
+    tables: HashMap<String, Stream>,
+    topics: HashMap<Stream, Arc<str>>,
     batching: BatchLimits,
     event_limits: Limits,
     max_buffered: usize,
@@ -108,8 +109,8 @@ impl Ingest {
             .create()
             .context("cannot create the dead-letter producer")?;
         let tables = HashMap::from([
-            (args.topics.events_topic.clone(), Table::Events),
-            (args.topics.logs_topic.clone(), Table::Logs),
+            (args.topics.events_topic.clone(), Stream::Events),
+            (args.topics.logs_topic.clone(), Stream::Logs),
         ]);
         let topics = tables
             .iter()
@@ -204,13 +205,13 @@ impl Ingest {
         let item = match decode_message(table, message, &self.event_limits, Utc::now()) {
             Ok(row) => Item::Row(row),
             Err(refusal) => {
-                metrics::counter!(telemetry::DEAD_LETTERS, "topic" => message.topic().to_string(), "kind" => refusal.kind)
+                metrics::counter!(telemetry::DEAD_LETTERS, "topic" => message.topic().to_string(), "kind" => refusal.kind.as_str())
                     .increment(1);
                 tracing::warn!(
                     topic = message.topic(),
                     partition = message.partition(),
                     offset = message.offset(),
-                    kind = refusal.kind,
+                    kind = %refusal.kind,
                     reason = %refusal.reason,
                     "dead-lettering a message"
                 );
@@ -228,17 +229,17 @@ impl Ingest {
     fn admit(
         &self,
         state: &mut State,
-        table: Table,
+        stream: Stream,
         message: &BorrowedMessage<'_>,
-    ) -> Option<(Table, i32)> {
-        let key = (table, message.partition());
+    ) -> Option<(Stream, i32)> {
+        let key = (stream, message.partition());
         let offset = message.offset();
         if !state.partitions.contains_key(&key) {
             let latest = self.start_gate(state, key, message)?;
             state.next_generation += 1;
             state.partitions.insert(
                 key,
-                Partition::new(table, key.1, state.next_generation, latest),
+                Partition::new(stream, key.1, state.next_generation, latest),
             );
         }
         let partition = state.partitions.get_mut(&key).expect("inserted above");
@@ -262,7 +263,7 @@ impl Ingest {
     fn start_gate(
         &self,
         state: &mut State,
-        key: (Table, i32),
+        key: (Stream, i32),
         message: &BorrowedMessage<'_>,
     ) -> Option<Option<Range>> {
         let topic_key = (message.topic().to_string(), key.1);
@@ -509,7 +510,7 @@ async fn flush(
     done: Done,
 ) {
     let _finished = FinishOnDrop(slot.clone());
-    let key = (batch.table, batch.partition);
+    let key = (batch.stream, batch.partition);
     let cancel = &slot.cancel;
     let outcome = async {
         if !batch.dead_letters.is_empty() {
@@ -557,7 +558,7 @@ async fn flush(
                 || ctx.sink.insert(&batch, &token),
             )
             .await?;
-            let table = batch.table.name();
+            let table = batch.stream.table();
             metrics::histogram!(telemetry::INSERT_SECONDS, "table" => table)
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!(telemetry::BATCH_ROWS, "table" => table)
@@ -584,20 +585,20 @@ type Done = mpsc::UnboundedSender<Finished>;
 
 enum Finished {
     Flushed {
-        key: (Table, i32),
+        key: (Stream, i32),
         generation: u64,
         next_offset: i64,
     },
     Abandoned {
-        key: (Table, i32),
+        key: (Stream, i32),
         generation: u64,
     },
 }
 
 struct State {
-    partitions: HashMap<(Table, i32), Partition>,
+    partitions: HashMap<(Stream, i32), Partition>,
     /// Partitions waiting for their first message at their resume position.
-    gates: HashMap<(Table, i32), Gate>,
+    gates: HashMap<(Stream, i32), Gate>,
     next_generation: u64,
     paused: bool,
     last_commit: Instant,
@@ -617,7 +618,7 @@ impl Default for State {
 
 impl State {
     /// The partition's state if it is still the same assignment as `generation`.
-    fn current(&mut self, key: (Table, i32), generation: u64) -> Option<&mut Partition> {
+    fn current(&mut self, key: (Stream, i32), generation: u64) -> Option<&mut Partition> {
         self.partitions
             .get_mut(&key)
             .filter(|partition| partition.generation == generation)
@@ -638,9 +639,9 @@ struct Partition {
 }
 
 impl Partition {
-    fn new(table: Table, partition: i32, generation: u64, latest: Option<Range>) -> Self {
+    fn new(stream: Stream, partition: i32, generation: u64, latest: Option<Range>) -> Self {
         Self {
-            batcher: PartitionBatcher::new(table, partition, latest),
+            batcher: PartitionBatcher::new(stream, partition, latest),
             generation,
             flushing: None,
             stored: None,

@@ -10,7 +10,7 @@ use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::decode::Refusal;
+use flowhouse_schema::decode::Refusal;
 
 /// A refused message, kept until its delivery to the dead-letter topic is acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl DeadLetter {
         let offset = self.source_offset.to_string();
         for (key, value) in [
             (header::DLQ_REASON, self.refusal.reason.as_str()),
-            (header::DLQ_KIND, self.refusal.kind),
+            (header::DLQ_KIND, self.refusal.kind.as_str()),
             (header::DLQ_SOURCE_TOPIC, self.source_topic.as_str()),
             (header::DLQ_SOURCE_PARTITION, partition.as_str()),
             (header::DLQ_SOURCE_OFFSET, offset.as_str()),

@@ -1,7 +1,7 @@
 //! `flowhouse ingest`: Kafka → batched, exactly-once inserts into ClickHouse.
 //!
-//! The pieces, each small and testable on its own (after Vector's ClickHouse sink):
-//! - [`decode`]: one Kafka message → a typed row, or the reason it is dead-lettered;
+//! The pieces, each small and testable on its own (after Vector's ClickHouse sink); decoding a
+//! message into a row is `flowhouse_schema::decode`, shared with the query API's live feed:
 //! - [`batch`]: per-partition batching by rows, bytes and age, with deterministic boundaries
 //!   when replaying (see [`exactly_once`]);
 //! - [`manifest`]: the batch ranges recorded in ClickHouse before each insert;
@@ -14,7 +14,6 @@
 pub mod batch;
 pub mod consumer;
 pub mod dead_letter;
-pub mod decode;
 pub mod exactly_once;
 pub mod manifest;
 pub mod sink;
@@ -74,15 +73,26 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let readiness = Readiness::default();
-    readiness.not_ready("kafka", "waiting for a partition assignment");
-    readiness.not_ready("schema", "not checked yet");
-
     let admin_server = tokio::spawn(admin::serve(
         args.admin_listen,
         admin::routes(readiness.clone()),
         shutdown.clone(),
     ));
+    let result = run_in_process(args, readiness, shutdown.clone()).await;
+    shutdown.cancel();
+    admin_server.await.context("admin server task")??;
+    result
+}
 
+/// Consumes until `shutdown` fires, then drains; reports into `readiness` (which another
+/// service of the same process may share, as in `flowhouse serve`) and serves no routes.
+pub async fn run_in_process(
+    args: Args,
+    readiness: Readiness,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    readiness.not_ready("kafka", "waiting for a partition assignment");
+    readiness.not_ready("schema", "not checked yet");
     ensure_topics(&args.kafka, &args.topics.specs())
         .await
         .context("cannot prepare the Kafka topics")?;
@@ -92,10 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let ingest = consumer::Ingest::new(&args, readiness)?;
-    let result = ingest.run(shutdown.clone()).await;
-    shutdown.cancel();
-    admin_server.await.context("admin server task")??;
-    result
+    ingest.run(shutdown).await
 }
 
 /// Reports the schema as ready once the tables ingest writes exist, re-checking every 10 s, so

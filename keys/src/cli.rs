@@ -93,19 +93,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Revoke { id } => {
-            KeysFile::update(&args.keys_file, |file| {
-                let Some(key) = file.keys.iter_mut().find(|key| key.id == id) else {
-                    bail!("no key with id {id} in {}", args.keys_file.display());
-                };
-                if key.revoked_at.is_none() {
-                    key.revoked_at = Some(chrono::Utc::now());
-                }
-                Ok(())
-            })?;
+            revoke(&args.keys_file, &id)?;
             println!("revoked {id}");
         }
     }
     Ok(())
+}
+
+/// Marks the key `id` revoked (kept in the file, so that `list` shows it).
+pub fn revoke(keys_file: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    KeysFile::update(keys_file, |file| {
+        let Some(key) = file.keys.iter_mut().find(|key| key.id == id) else {
+            bail!("no key with id {id} in {}", keys_file.display());
+        };
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(chrono::Utc::now());
+        }
+        Ok(())
+    })
 }
 
 /// Adds a new key to the file and returns it.

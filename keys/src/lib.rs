@@ -27,6 +27,7 @@
 //! The `id` names a key in listings and revocations without revealing it.
 
 pub mod cli;
+pub mod credentials;
 mod file;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use credentials::{key_from_auth_string, key_from_authorization};
 pub use file::{KeyRecord, KeysFile};
 
 /// What a key may do.
@@ -63,7 +65,10 @@ impl std::fmt::Display for Scope {
 /// Why a request was refused. `Missing` and `Unknown` are 401s; `Forbidden` is a 403.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no API key: send it as `Authorization: Bearer <key>`")]
+    #[error(
+        "no API key: send `Authorization: Bearer <key>` (Prefect: PREFECT_API_KEY), or Basic \
+         credentials with the key as password (Prefect: PREFECT_API_AUTH_STRING)"
+    )]
     Missing,
     #[error("unknown or revoked API key")]
     Unknown,
@@ -130,13 +135,6 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
-}
-
-/// The bearer token of an `Authorization` header value (`Bearer x`, any case).
-pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
-    let value = authorization?.trim();
-    let (scheme, token) = value.split_once(char::is_whitespace)?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The keys file as the services use it: loaded at start, reloaded when it changes on disk.
@@ -299,14 +297,5 @@ mod tests {
             set.authorize(Some("fh_b_secret"), account, workspace, Scope::Read),
             Err(AuthError::Unknown)
         );
-    }
-
-    #[test]
-    fn bearer_tokens_are_read_in_any_case() {
-        assert_eq!(bearer_token(Some("Bearer abc")), Some("abc"));
-        assert_eq!(bearer_token(Some("bearer  abc ")), Some("abc"));
-        assert_eq!(bearer_token(Some("Basic abc")), None);
-        assert_eq!(bearer_token(Some("abc")), None);
-        assert_eq!(bearer_token(None), None);
     }
 }

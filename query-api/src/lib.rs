@@ -6,27 +6,31 @@
 //! - `POST /events/filter`, `GET /events/filter/next`, `POST /events/count-by/{countable}`
 //!   ([`events`]); `POST /logs/filter` ([`logs`]); `POST /flow_runs/history` ([`history`]).
 //!
-//! Plus `/openapi.json` (generated from the handlers and types below), `/healthz`, `/readyz`
-//! and `/metrics` on the same port.
+//! - websockets `GET /events/out` and `GET /logs/out` ([`live`]): Prefect's subscriber protocol,
+//!   a backfill from ClickHouse, then live items from Kafka.
 //!
-//! Module map: [`auth`] (key → tenant), [`db`] (the only way to ClickHouse: bound parameters,
+//! Plus `/openapi.json` (generated from the handlers and types below), Prefect's
+//! `/admin/version` and `/health`, `/healthz`, `/readyz` and `/metrics` on the same port.
+//!
+//! Module map: [`config`] (flags), [`auth`] (key → tenant), [`db`] (the only way to ClickHouse: bound parameters,
 //! tenant predicate, concurrency limit, timeouts), [`cache`] (moka, single-flight, TTL, ETag),
 //! [`error`] (one error type → HTTP), [`window`] (windows and buckets), [`request`] (parsing).
 
 pub mod auth;
 pub mod cache;
+pub mod config;
 pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod history;
+pub mod live;
 pub mod logs;
 pub mod openapi;
 pub mod request;
+pub mod text_search;
 pub mod window;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,111 +43,17 @@ use bytes::Bytes;
 use flowhouse_keys::Keys;
 use flowhouse_schema::Tenant;
 use flowhouse_service::admin::{self, Readiness};
-use flowhouse_service::clickhouse::ClickHouseArgs;
+use flowhouse_service::http::{PublicApi, WORKSPACE_BASE};
 use rand::RngCore as _;
 use serde::Serialize;
+use tokio_util::task::AbortOnDropHandle;
+
+pub use config::{Args, LiveArgs, Settings};
 
 use cache::{CacheKey, CachePolicy, ResponseCache};
 use db::{Db, DbLimits};
 use error::ApiError;
 use events::page_token::PageTokens;
-
-/// Flags of `flowhouse query-api`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct Args {
-    #[command(flatten)]
-    pub clickhouse: ClickHouseArgs,
-    /// Where the API (and /healthz, /readyz, /metrics) is served.
-    #[arg(
-        long,
-        env = "FLOWHOUSE_QUERY_API_LISTEN",
-        default_value = "127.0.0.1:4201"
-    )]
-    pub listen: SocketAddr,
-    /// The tenant API keys file.
-    #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
-    pub keys_file: PathBuf,
-    /// Secret that signs event page tokens. Set the same value on every replica; when empty, a
-    /// random one is made per process (tokens then fail on another replica or after a restart).
-    #[arg(
-        long,
-        env = "FLOWHOUSE_PAGE_TOKEN_SECRET",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub page_token_secret: String,
-    #[command(flatten)]
-    pub limits: Settings,
-}
-
-/// Limits and cache tuning.
-#[derive(clap::Args, Clone, Debug)]
-pub struct Settings {
-    /// Longest window a query may cover, in days (metrics refuse longer ones; event and log
-    /// searches clamp their start).
-    #[arg(long, env = "FLOWHOUSE_QUERY_MAX_WINDOW_DAYS", default_value_t = 31)]
-    pub max_window_days: u32,
-    /// Largest page of `/events/filter` (Prefect's own is 50).
-    #[arg(long, env = "FLOWHOUSE_QUERY_MAX_PAGE_SIZE", default_value_t = 200)]
-    pub max_page_size: u32,
-    /// Most rows a list answer holds (durations per flow, counts by event or resource) and the
-    /// deepest `/logs/filter` offset.
-    #[arg(
-        long,
-        env = "FLOWHOUSE_QUERY_MAX_RESULT_ROWS",
-        default_value_t = 10_000
-    )]
-    pub max_result_rows: u64,
-    /// ClickHouse `max_execution_time` of every query, seconds.
-    #[arg(long, env = "FLOWHOUSE_QUERY_TIMEOUT_SECS", default_value_t = 30)]
-    pub query_timeout_secs: u64,
-    /// ClickHouse queries running at once; further ones wait (then 503).
-    #[arg(long, env = "FLOWHOUSE_QUERY_MAX_CONCURRENT", default_value_t = 16)]
-    pub max_concurrent_queries: usize,
-    /// How long a request waits for a ClickHouse slot before a 503, seconds.
-    #[arg(long, env = "FLOWHOUSE_QUERY_QUEUE_TIMEOUT_SECS", default_value_t = 10)]
-    pub queue_timeout_secs: u64,
-    /// Response cache size in bytes (0: no cache).
-    #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
-    pub cache_bytes: u64,
-    /// Freshness: the longest an answer covering the open bucket is served from cache, seconds.
-    #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_FRESH_SECS", default_value_t = 10)]
-    pub cache_fresh_secs: u64,
-    /// Life of an answer over closed, settled buckets only, seconds.
-    #[arg(
-        long,
-        env = "FLOWHOUSE_QUERY_CACHE_SETTLED_SECS",
-        default_value_t = 3600
-    )]
-    pub cache_settled_secs: u64,
-    /// How long after a bucket closes it may still receive late events, seconds.
-    #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_SETTLE_SECS", default_value_t = 600)]
-    pub cache_settle_secs: u64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            max_window_days: 31,
-            max_page_size: 200,
-            max_result_rows: 10_000,
-            query_timeout_secs: 30,
-            max_concurrent_queries: 16,
-            queue_timeout_secs: 10,
-            cache_bytes: 256 * 1024 * 1024,
-            cache_fresh_secs: 10,
-            cache_settled_secs: 3600,
-            cache_settle_secs: 600,
-        }
-    }
-}
-
-impl Settings {
-    pub fn max_window_micros(&self) -> i64 {
-        i64::from(self.max_window_days) * 86_400 * window::MICROS_PER_SECOND
-    }
-}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -153,6 +63,9 @@ pub struct AppState {
     pub cache: ResponseCache,
     pub page_tokens: PageTokens,
     pub settings: Arc<Settings>,
+    pub public: PublicApi,
+    /// The live feed of `/events/out` and `/logs/out`; `None`: backfill only.
+    pub live: Option<live::Feed>,
 }
 
 impl AppState {
@@ -193,6 +106,21 @@ impl AppState {
             cache,
             page_tokens: PageTokens::new(secret),
             settings: Arc::new(settings),
+            public: PublicApi::default(),
+            live: None,
+        }
+    }
+
+    /// With the public API's settings (base URL of links, single-tenant mode, CORS).
+    pub fn with_public(self, public: PublicApi) -> Self {
+        Self { public, ..self }
+    }
+
+    /// With a live feed for the subscriber websockets.
+    pub fn with_live(self, live: live::Feed) -> Self {
+        Self {
+            live: Some(live),
+            ..self
         }
     }
 }
@@ -230,12 +158,20 @@ where
     Ok(cache::respond(&entry, method, headers))
 }
 
-/// The whole HTTP surface: API routes, `/openapi.json` and the admin routes.
+/// The whole HTTP surface: API routes, `/openapi.json` and the admin routes, behind the public
+/// API's path handling and CORS.
 pub fn router(state: AppState, readiness: Readiness) -> Router {
+    let public = state.public.clone();
+    public.router(api_routes(state).merge(admin::routes(readiness)))
+}
+
+/// The query routes alone (with `/openapi.json`), to be served with other services' routes in
+/// one process.
+pub fn api_routes(state: AppState) -> Router {
     // Install the Prometheus recorder before the first metric is recorded.
     let _ = flowhouse_service::telemetry::metrics_handle();
-    let base = "/api/accounts/{account_id}/workspaces/{workspace_id}";
-    let api = Router::new()
+    let base = WORKSPACE_BASE;
+    Router::new()
         .route(
             &format!("{base}/metrics/flow-runs"),
             get(dashboard::flow_runs),
@@ -274,10 +210,11 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
             &format!("{base}/flow_runs/history"),
             post(history::flow_run_history),
         )
+        .route(&format!("{base}/events/out"), get(live::events_out))
+        .route(&format!("{base}/logs/out"), get(live::logs_out))
         .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(request::MAX_BODY_BYTES))
-        .with_state(state);
-    api.merge(admin::routes(readiness))
+        .with_state(state)
 }
 
 /// Keeps `/readyz` honest: ClickHouse is pinged every few seconds.
@@ -296,15 +233,36 @@ fn watch_clickhouse(
     })
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// Builds the query API's state from its flags: keys (watched), ClickHouse (watched for
+/// `/readyz`), the public API's settings and, unless turned off, the live feed from Kafka.
+/// The returned tasks run until dropped.
+pub async fn start(
+    args: &Args,
+    readiness: &Readiness,
+) -> anyhow::Result<(AppState, Vec<AbortOnDropHandle<()>>)> {
     let _ = flowhouse_service::telemetry::metrics_handle();
+    let public = args.public.build()?;
     let keys = Keys::load(&args.keys_file)?;
-    let _watch_keys = keys.watch(Duration::from_secs(2));
+    let mut tasks = vec![AbortOnDropHandle::new(keys.watch(Duration::from_secs(2)))];
     let client = args.clickhouse.client();
-    let readiness = Readiness::default();
     readiness.not_ready("clickhouse", "not checked yet");
-    let _watch_clickhouse = watch_clickhouse(client.clone(), readiness.clone());
-    let state = AppState::new(client, keys, &args.page_token_secret, args.limits);
+    tasks.push(AbortOnDropHandle::new(watch_clickhouse(
+        client.clone(),
+        readiness.clone(),
+    )));
+    let mut state = AppState::new(client, keys, &args.page_token_secret, args.limits.clone())
+        .with_public(public);
+    if args.live.live_feed {
+        let (feed, task) = live::Feed::start(&args.live).await?;
+        tasks.push(AbortOnDropHandle::new(task));
+        state = state.with_live(feed);
+    }
+    Ok((state, tasks))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let readiness = Readiness::default();
+    let (state, _tasks) = start(&args, &readiness).await?;
     let shutdown = flowhouse_service::shutdown::on_signal();
     admin::serve(args.listen, router(state, readiness), shutdown).await
 }

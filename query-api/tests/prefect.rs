@@ -28,8 +28,6 @@ fn has_related(ev: &Ev, role: &str, id: &str) -> bool {
     })
 }
 
-/// Walks every page of `filter` (limit per page) and returns the events in order, checking
-/// `total` on every page.
 async fn walk(
     h: &Harness,
     key: &str,
@@ -37,27 +35,7 @@ async fn walk(
     filter: Value,
     limit: u64,
 ) -> (u64, Vec<Value>) {
-    let mut page = h
-        .post_json(
-            key,
-            &h.url(tenant, "events/filter"),
-            &json!({"filter": filter, "limit": limit}),
-        )
-        .await;
-    let total = page["total"].as_u64().unwrap();
-    let mut events: Vec<Value> = page["events"].as_array().unwrap().clone();
-    while let Some(next) = page["next_page"].as_str() {
-        assert!(
-            page["events"].as_array().unwrap().len() as u64 == limit,
-            "only a full page has a next page"
-        );
-        let response = h.http.get(next).bearer_auth(key).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        page = response.json().await.unwrap();
-        assert_eq!(page["total"].as_u64().unwrap(), total);
-        events.extend(page["events"].as_array().unwrap().iter().cloned());
-    }
-    (total, events)
+    h.walk(key, tenant, filter, limit).await
 }
 
 fn ids(events: &[Value]) -> Vec<String> {
@@ -139,11 +117,21 @@ async fn event_search_count_logs_and_history_equal_ground_truth() {
             }),
         ),
         (
-            json!({"occurred": occurred, "resource": {"id_prefix": ["prefect.flow-run."], "labels": {"prefect.state-name": ["!Completed", "!Pend*"]}}}),
+            json!({"occurred": occurred, "resource": {"id_prefix": ["prefect.flow-run."], "labels": {"prefect.state-name": "!Completed"}}}),
             Box::new(|e| {
                 e.event.starts_with("prefect.flow-run.")
                     && e.label("prefect.state-name")
-                        .is_some_and(|n| n != "Completed" && !n.starts_with("Pend"))
+                        .is_some_and(|n| n != "Completed")
+            }),
+        ),
+        // A label's patterns are alternatives (Prefect ORs them), globs with `*` and `?`.
+        (
+            json!({"occurred": occurred, "resource": {"id_prefix": ["prefect.flow-run."], "labels": {"prefect.state-name": ["Pend*", "Lat?", "!*"]}}}),
+            Box::new(|e| {
+                e.event.starts_with("prefect.flow-run.")
+                    && e.label("prefect.state-name").is_some_and(|n| {
+                        n.starts_with("Pend") || (n.len() == 4 && n.starts_with("Lat"))
+                    })
             }),
         ),
         (
@@ -444,6 +432,83 @@ async fn event_search_count_logs_and_history_equal_ground_truth() {
         let t = current_type(r);
         t == "FAILED" || t == "RUNNING"
     });
+    // Prefect's filter semantics beyond the basics, each against the ground truth.
+    let some = runs.values().find(|r| !r.deployment.is_empty()).unwrap();
+    let fragment = some.flow_name[..some.flow_name.len().min(3)].to_lowercase();
+    let (some_deployment, some_name) = (some.deployment.clone(), some.name.clone());
+    type Keep = Box<dyn Fn(&Run) -> bool>;
+    let cases: Vec<(Value, Keep)> = vec![
+        // or_ combines a filter's criteria.
+        (
+            json!({"flow_runs": {"operator": "or_", "name": {"any_": [some_name.clone()]}, "deployment_id": {"any_": [some_deployment.clone()]}}}),
+            Box::new(move |r: &Run| r.name == some_name || r.deployment == some_deployment),
+        ),
+        // A present deployments filter keeps runs that have a deployment (Prefect's EXISTS).
+        (
+            json!({"deployments": {}}),
+            Box::new(|r: &Run| !r.deployment.is_empty()),
+        ),
+        (
+            json!({"work_pools": {"operator": "and_"}}),
+            Box::new(|r: &Run| !r.work_pool.is_empty()),
+        ),
+        // like_ is a case-insensitive substring.
+        (
+            json!({"flows": {"name": {"like_": fragment.to_uppercase()}}}),
+            Box::new(move |r: &Run| r.flow_name.to_lowercase().contains(&fragment)),
+        ),
+        (
+            json!({"deployments": {"flow_or_deployment_name": {"like_": "hourly"}}}),
+            Box::new(|r: &Run| {
+                !r.deployment.is_empty()
+                    && (r.deployment_name.to_lowercase().contains("hourly")
+                        || r.flow_name.to_lowercase().contains("hourly"))
+            }),
+        ),
+        (
+            json!({"flow_runs": {"start_time": {"is_null_": true}}}),
+            Box::new(|r: &Run| r.start.is_none()),
+        ),
+        (
+            json!({"flow_runs": {"end_time": {"after_": rfc3339(start + 2 * DAY)}}}),
+            Box::new(move |r: &Run| r.end.is_some_and(|e| e >= start + 2 * DAY)),
+        ),
+        // Prefect ignores a state part with both any_ and not_any_.
+        (
+            json!({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"], "not_any_": ["FAILED"]}, "name": {"not_any_": ["Completed"]}}}}),
+            Box::new(|r: &Run| r.last_name != "Completed"),
+        ),
+        (
+            json!({"flow_runs": {"id": {"any_": []}}}),
+            Box::new(|_: &Run| false),
+        ),
+    ];
+    for (i, (filters, keep)) in cases.into_iter().enumerate() {
+        let mut body = json!({"history_start": rfc3339(start), "history_end": rfc3339(end), "history_interval_seconds": 86400});
+        for (k, v) in filters.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let answer = h
+            .post_json(&t.key, &h.url(t.tenant, "flow_runs/history"), &body)
+            .await;
+        eprintln!("history case {i}: {filters}");
+        check_history(&answer, &runs, start, end, DAY, keep);
+    }
+    // More than 500 intervals are truncated to the first 500, as in Prefect.
+    let body = h.post_json(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({
+        "history_start": rfc3339(start), "history_end": rfc3339(end), "history_interval_seconds": 60})).await;
+    assert_eq!(body.as_array().unwrap().len(), 500);
+    check_history(
+        &body,
+        &runs,
+        start,
+        start + 500 * 60_000_000,
+        60_000_000,
+        |_| true,
+    );
+    let empty = h.post_json(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({
+        "history_start": rfc3339(end), "history_end": rfc3339(start), "history_interval_seconds": 60})).await;
+    assert_eq!(empty, json!([]));
     h.finish().await;
 }
 
@@ -852,10 +917,13 @@ async fn caching_headers_bad_requests_and_openapi() {
         (h.get(&t.key, &url, &q(&[("flows", "x")])).await, 400, "unknown query parameter `flows`"),
         (h.get(&t.key, &h.url(t.tenant, "metrics/top-failing"), &q(&[("limit", "1000")])).await, 400, "limit"),
         (h.post(&t.key, &h.url(t.tenant, "events/filter"), &json!({"filter": {"event": {"prefix": "x"}}})).await, 422, "filter.event.prefix"),
-        (h.post(&t.key, &h.url(t.tenant, "events/filter"), &json!({"filter": {"text": {"query": "x"}}})).await, 422, "text"),
+        (h.post(&t.key, &h.url(t.tenant, "events/filter"), &json!({"filter": {"text": {"query": "x".repeat(201)}}})).await, 422, "filter.text.query: at most 200"),
         (h.post(&t.key, &h.url(t.tenant, "events/filter"), &json!({"limit": 100000})).await, 422, "limit"),
-        (h.post(&t.key, &h.url(t.tenant, "events/count-by/color"), &json!({})).await, 422, "countable"),
-        (h.post(&t.key, &h.url(t.tenant, "events/count-by/time"), &json!({"time_unit": "second"})).await, 422, "buckets"),
+        (h.post(&t.key, &h.url(t.tenant, "events/count-by/color"), &json!({"filter": {}})).await, 422, "countable"),
+        (h.post(&t.key, &h.url(t.tenant, "events/count-by/time"), &json!({"filter": {}, "time_unit": "second"})).await, 422, "buckets"),
+        // Prefect requires the filter of a count.
+        (h.post(&t.key, &h.url(t.tenant, "events/count-by/event"), &json!({})).await, 422, "filter"),
+        (h.post(&t.key, &h.url(t.tenant, "events/count-by/time"), &json!({"filter": {}, "time_interval": 1e300})).await, 422, "time_interval: at most"),
         (h.post(&t.key, &h.url(t.tenant, "logs/filter"), &json!({"logs": {"level": {"gt_": 3}}})).await, 422, "gt_"),
         (h.post(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({"history_start": rfc3339(h.base), "history_end": rfc3339(h.base + DAY), "history_interval_seconds": 0.5})).await, 422, "1 second"),
         (h.post(&t.key, &h.url(t.tenant, "flow_runs/history"), &json!({"history_start": rfc3339(h.base)})).await, 422, "history_end"),

@@ -81,8 +81,11 @@ impl Serialize for Payload<'_> {
     }
 }
 
-/// Limits on one event. The defaults follow Prefect's server settings (1.5 MB events, 500 labels,
-/// 500 related resources).
+/// Limits on one event. The defaults are the loosest Flowhouse stores, what the ingest consumer
+/// accepts (1.5 MB events, 500 labels per resource, 500 related resources); the ingestion
+/// endpoint enforces Prefect's own server defaults ([`Limits::prefect`]), configurable up to these.
+/// Ingest keeping the loosest limits means that a limit lowered at the endpoint later never
+/// dead-letters what it already accepted.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_event_bytes: usize,
@@ -105,6 +108,17 @@ impl Default for Limits {
             max_label_bytes: 10_000,
             max_payload_bytes: 1_000_000,
             max_clock_skew: Duration::days(1),
+        }
+    }
+}
+
+impl Limits {
+    /// Prefect's server defaults (`PREFECT_SERVER_EVENTS_MAXIMUM_*`): 1.5 MB events, 500 labels
+    /// per resource, 100 related resources.
+    pub fn prefect() -> Self {
+        Self {
+            max_related: 100,
+            ..Self::default()
         }
     }
 }

@@ -25,8 +25,9 @@ pub struct Log<'a> {
     pub worker_id: Option<Uuid>,
 }
 
-/// Python's logging levels: DEBUG is 10, CRITICAL is 50.
-pub const LEVELS: std::ops::RangeInclusive<i64> = 10..=50;
+/// Python's logging levels are any integer from 0 (DEBUG is 10, CRITICAL 50, custom levels
+/// anywhere); Flowhouse stores a byte.
+pub const LEVELS: std::ops::RangeInclusive<i64> = 0..=255;
 /// Prefect's own cap on one log line (`PREFECT_LOGGING_TO_API_MAX_LOG_SIZE`).
 pub const MAX_LOG_BYTES: usize = 1_000_000;
 const MAX_NAME_CHARS: usize = 1024;
@@ -61,7 +62,8 @@ pub fn parse_log<'a>(
         problems.push(Problem::new(
             "level",
             format!(
-                "{} is not a logging level between 10 (DEBUG) and 50 (CRITICAL)",
+                "{} is not a logging level Flowhouse stores: from 0 to 255 (DEBUG is 10, \
+                 CRITICAL 50)",
                 log.level
             ),
         ));
@@ -117,11 +119,20 @@ mod tests {
     #[test]
     fn out_of_range_levels_and_wrong_types_are_named() {
         let mut log = valid();
-        log["level"] = serde_json::json!(99);
-        assert_eq!(
-            check(log).unwrap_err().to_string(),
-            "level: 99 is not a logging level between 10 (DEBUG) and 50 (CRITICAL)"
-        );
+        for custom in [0, 5, 99, 255] {
+            log["level"] = serde_json::json!(custom);
+            assert_eq!(check(log.clone()).unwrap().level, custom, "level {custom}");
+        }
+        for outside in [-1, 256] {
+            log["level"] = serde_json::json!(outside);
+            assert_eq!(
+                check(log.clone()).unwrap_err().to_string(),
+                format!(
+                    "level: {outside} is not a logging level Flowhouse stores: from 0 to 255 \
+                     (DEBUG is 10, CRITICAL 50)"
+                )
+            );
+        }
         let mut log = valid();
         log["level"] = serde_json::json!("INFO");
         log["flow_run_id"] = serde_json::json!("not-a-uuid");

@@ -49,13 +49,55 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// A short, stable name for metrics labels and the dead-letter `kind` header.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind, as the dead-letter `kind` header and metrics name it.
+    pub fn kind(&self) -> DeadLetterKind {
         match self {
-            Rejection::NotJson(_) => "not_json",
-            Rejection::TooLarge { .. } => "too_large",
-            Rejection::Invalid(_) => "invalid",
+            Rejection::NotJson(_) => DeadLetterKind::NotJson,
+            Rejection::TooLarge { .. } => DeadLetterKind::TooLarge,
+            Rejection::Invalid(_) => DeadLetterKind::Invalid,
         }
+    }
+}
+
+/// Why a message went to the dead-letter topic: the `flowhouse.dlq.kind` header's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeadLetterKind {
+    /// The value is not JSON (or is truncated).
+    NotJson,
+    /// The value is over the size limit.
+    TooLarge,
+    /// JSON, but not a valid event or log line.
+    Invalid,
+    /// The tenant headers are missing or malformed.
+    BadHeaders,
+    /// The message has no value at all.
+    NoValue,
+}
+
+impl DeadLetterKind {
+    pub const ALL: [DeadLetterKind; 5] = [
+        DeadLetterKind::NotJson,
+        DeadLetterKind::TooLarge,
+        DeadLetterKind::Invalid,
+        DeadLetterKind::BadHeaders,
+        DeadLetterKind::NoValue,
+    ];
+
+    /// The short, stable name in headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::NotJson => "not_json",
+            DeadLetterKind::TooLarge => "too_large",
+            DeadLetterKind::Invalid => "invalid",
+            DeadLetterKind::BadHeaders => "bad_headers",
+            DeadLetterKind::NoValue => "no_value",
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -19,16 +19,36 @@ use tokio_util::sync::CancellationToken;
 /// Readiness of the named parts of a service.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    components: Arc<Mutex<BTreeMap<&'static str, Result<(), String>>>>,
+    components: Arc<Mutex<BTreeMap<String, Result<(), String>>>>,
+    /// Prepended to component names: several services in one process (`flowhouse serve`)
+    /// report into one `/readyz` without overwriting each other's `kafka`.
+    prefix: Option<&'static str>,
 }
 
 impl Readiness {
+    /// A view whose components are named `{prefix}.{name}`, reported in the same `/readyz`.
+    pub fn scoped(&self, prefix: &'static str) -> Readiness {
+        Readiness {
+            components: self.components.clone(),
+            prefix: Some(prefix),
+        }
+    }
+
+    fn name(&self, component: &str) -> String {
+        match self.prefix {
+            Some(prefix) => format!("{prefix}.{component}"),
+            None => component.to_string(),
+        }
+    }
+
     pub fn ready(&self, component: &'static str) {
-        self.lock().insert(component, Ok(()));
+        let name = self.name(component);
+        self.lock().insert(name, Ok(()));
     }
 
     pub fn not_ready(&self, component: &'static str, reason: impl Into<String>) {
-        self.lock().insert(component, Err(reason.into()));
+        let name = self.name(component);
+        self.lock().insert(name, Err(reason.into()));
     }
 
     /// True when at least one component registered and all are ready.
@@ -42,14 +62,14 @@ impl Readiness {
         let detail: BTreeMap<_, _> = components
             .iter()
             .map(|(name, state)| match state {
-                Ok(()) => (*name, json!({"ready": true})),
-                Err(reason) => (*name, json!({"ready": false, "reason": reason})),
+                Ok(()) => (name.as_str(), json!({"ready": true})),
+                Err(reason) => (name.as_str(), json!({"ready": false, "reason": reason})),
             })
             .collect();
         json!({"ready": !components.is_empty() && components.values().all(Result::is_ok), "components": detail})
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Result<(), String>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Result<(), String>>> {
         // A panic while holding this lock cannot leave the map half-updated: recover it.
         self.components
             .lock()

@@ -4,10 +4,15 @@
 //!   and the clients built from them, identical in tests and in production;
 //! - [`telemetry`]: tracing (JSON in production) and the Prometheus recorder;
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`;
-//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+//! - [`http`]: how the public API is reached (Prefect's paths, trailing slashes, single-tenant
+//!   mode, CORS, the public base URL);
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token;
+//! - [`websocket`]: the opening handshake of Prefect's websockets.
 
 pub mod admin;
 pub mod clickhouse;
+pub mod http;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;
+pub mod websocket;

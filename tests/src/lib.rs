@@ -150,6 +150,26 @@ pub fn flowhouse_binary() -> PathBuf {
         .clone()
 }
 
+/// The python of the venv holding the pinned Prefect SDK and server (the compatibility tests'
+/// oracle), installed by the local stack on first use (`deploy/local/stack prefect`).
+pub fn prefect_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let output = Command::new(workspace_root().join("deploy/local/stack"))
+                .arg("prefect")
+                .output()
+                .expect("run deploy/local/stack prefect");
+            assert!(
+                output.status.success(),
+                "deploy/local/stack prefect failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+        })
+        .clone()
+}
+
 /// A free TCP port on the loopback interface.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -87,7 +87,9 @@ impl Setup {
         };
         let mut args = Args::new(self.kafka.clone(), self.keys_file(), topics);
         tweak(&mut args);
-        let app = App::start(&args).await.expect("start the endpoint");
+        let app = App::start(&args, Default::default())
+            .await
+            .expect("start the endpoint");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -10,7 +10,9 @@
 //!   label; `start_time`/`end_time` are the first and last `occurred`. At most the configured
 //!   number of rows (the largest counts).
 //!
-//! Limits as Prefect's: `time_interval` ≥ 0.01, at most 1000 buckets over the filter's window.
+//! Limits as Prefect's: `time_interval` ≥ 0.01, at most 1000 buckets over the filter's window
+//! (checked for every countable, as Prefect does); and Flowhouse's own: `time_interval` at most
+//! 1,000,000 units. All bucket arithmetic is checked ([`time_spans`]).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method};
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::filter::EventFilter;
-use super::max_window;
+use super::max_search;
 use crate::auth::Reader;
 use crate::db::Sql;
 use crate::error::ApiError;
@@ -30,7 +32,9 @@ use crate::{AppState, cached_json};
 
 /// Prefect's pivot: time buckets are counted from here.
 pub const PIVOT_MICROS: i64 = 1_711_929_600 * MICROS_PER_SECOND; // 2024-04-01T00:00:00Z
-const MAX_BUCKETS: i64 = 1000;
+const MAX_BUCKETS: i128 = 1000;
+/// Flowhouse's bound on `time_interval`, in units (a million weeks is 19,000 years).
+const MAX_INTERVAL: f64 = 1_000_000.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -81,15 +85,77 @@ fn default_interval() -> f64 {
     1.0
 }
 
-/// `POST /events/count-by/{countable}` body.
+/// `POST /events/count-by/{countable}` body. `filter` is required, as in Prefect.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct CountRequest {
-    #[serde(default)]
-    pub filter: Option<EventFilter>,
-    #[serde(default)]
+    pub filter: EventFilter,
+    #[serde(default, deserialize_with = "super::filter::null_as_default")]
     pub time_unit: TimeUnit,
     #[serde(default = "default_interval")]
     pub time_interval: f64,
+}
+
+/// The time buckets of a `time` count: `[start, end]` in microseconds, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Spans {
+    /// Index (from the pivot) of the first bucket.
+    pub first: i64,
+    pub width: i64,
+    pub starts: Vec<i64>,
+}
+
+/// The bucket width of `interval` × `unit`, once the interval is within bounds.
+pub fn bucket_width(unit: TimeUnit, interval: f64) -> Result<i64, ApiError> {
+    if !interval.is_finite() || interval < 0.01 {
+        return Err(ApiError::unprocessable(
+            "time_interval: the minimum interval is 0.01",
+        ));
+    }
+    if interval > MAX_INTERVAL {
+        return Err(ApiError::unprocessable(format!(
+            "time_interval: at most {MAX_INTERVAL} (in time_unit)"
+        )));
+    }
+    // At most 10^6 weeks ≈ 6·10^17 µs: within i64, and at least 1 µs (0.01 s).
+    Ok(((interval * unit.micros() as f64).round() as i64).max(1))
+}
+
+/// Prefect's check, for every countable: at most 1000 buckets of `width` in `[since, until]`.
+pub fn check_bucket_count(since: i64, until: i64, width: i64) -> Result<(), ApiError> {
+    let span = i128::from(until) - i128::from(since);
+    let width = i128::from(width);
+    let buckets = if span > 0 {
+        (span + width - 1) / width
+    } else {
+        0
+    };
+    if buckets > MAX_BUCKETS {
+        return Err(ApiError::unprocessable(format!(
+            "The given interval would create {buckets} buckets, which is too many. Please \
+             increase the interval or reduce the time range to produce {MAX_BUCKETS} buckets or fewer."
+        )));
+    }
+    Ok(())
+}
+
+/// Prefect's spans (`TimeUnit.get_interval_spans`): from the pivot-aligned bucket holding
+/// `since` to `until`, or to the end of the current unit when `until` is in the future. Call
+/// after [`check_bucket_count`], which bounds how many there are.
+pub fn time_spans(since: i64, until: i64, now: i64, unit: TimeUnit, width: i64) -> Spans {
+    let first = (i128::from(since) - i128::from(PIVOT_MICROS)).div_euclid(i128::from(width));
+    let end = if until > now { unit.end_of(now) } else { until };
+    let mut starts = Vec::new();
+    let mut start = i128::from(PIVOT_MICROS) + i128::from(width) * first;
+    // The count check bounds the loop; the cap is a second guard, never reached.
+    while start < i128::from(end) && starts.len() <= MAX_BUCKETS as usize + 1 {
+        starts.push(start as i64);
+        start += i128::from(width);
+    }
+    Spans {
+        first: first as i64,
+        width,
+        starts,
+    }
 }
 
 /// Prefect's `EventCount`.
@@ -157,28 +223,14 @@ pub async fn count_by(
             )));
         }
     };
-    let filter = request
-        .filter
-        .unwrap_or_default()
-        .resolve(max_window(&state))?;
+    let filter = request.filter.resolve(max_search(&state), "filter")?;
     let (unit, interval) = match countable {
         Countable::Day => (TimeUnit::Day, 1.0),
         _ => (request.time_unit, request.time_interval),
     };
-    if !interval.is_finite() || interval < 0.01 {
-        return Err(ApiError::unprocessable(
-            "time_interval: the minimum interval is 0.01",
-        ));
-    }
-    let width = (interval * unit.micros() as f64).round() as i64;
+    let width = bucket_width(unit, interval)?;
     let (since, until) = (filter.since_micros(), filter.until_micros());
-    let buckets = (until - since + width - 1) / width;
-    if buckets > MAX_BUCKETS {
-        return Err(ApiError::unprocessable(format!(
-            "The given interval would create {buckets} buckets, which is too many. Please \
-             increase the interval or reduce the time range to produce {MAX_BUCKETS} buckets or fewer."
-        )));
-    }
+    check_bucket_count(since, until, width)?;
     let key = serde_json::to_string(&(&filter, countable, unit, width))
         .map_err(|_| ApiError::Internal)?;
     let ttl = state.cache.ttl_for(until, Bucket::Hour);
@@ -198,24 +250,24 @@ pub async fn count_by(
                      GROUP BY idx"
                 ));
                 let rows: Vec<TimeRow> = st.db.fetch("events_count_time", &sql).await?;
-                let first = (since - PIVOT_MICROS).div_euclid(width);
-                let now = window::now_micros();
-                let end = if until > now { unit.end_of(now) } else { until };
-                let mut counts = Vec::new();
-                let mut start = PIVOT_MICROS + width * first;
-                while start < end {
-                    counts.push(EventCount {
-                        value: counts.len().to_string(),
+                let spans = time_spans(since, until, window::now_micros(), unit, width);
+                let mut counts: Vec<EventCount> = spans
+                    .starts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &start)| EventCount {
+                        value: i.to_string(),
                         label: iso_label(start),
                         count: 0,
                         start_time: start,
-                        end_time: start + width - 1,
-                    });
-                    start += width;
-                }
+                        end_time: start.saturating_add(width - 1),
+                    })
+                    .collect();
                 for row in rows {
-                    if let Some(slot) = usize::try_from(row.idx - first)
-                        .ok()
+                    if let Some(slot) = row
+                        .idx
+                        .checked_sub(spans.first)
+                        .and_then(|i| usize::try_from(i).ok())
                         .and_then(|i| counts.get_mut(i))
                     {
                         slot.count = row.n;
@@ -261,6 +313,66 @@ pub async fn count_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_are_bounded_and_checked() {
+        assert!(bucket_width(TimeUnit::Day, 0.001).is_err());
+        assert!(bucket_width(TimeUnit::Day, f64::NAN).is_err());
+        assert!(bucket_width(TimeUnit::Day, f64::INFINITY).is_err());
+        let error = bucket_width(TimeUnit::Week, 1e300).unwrap_err().to_string();
+        assert!(error.contains("time_interval: at most"), "{error}");
+        assert_eq!(
+            bucket_width(TimeUnit::Week, MAX_INTERVAL).unwrap(),
+            1_000_000 * 7 * 86_400 * MICROS_PER_SECOND
+        );
+        assert_eq!(bucket_width(TimeUnit::Second, 0.01).unwrap(), 10_000);
+    }
+
+    #[test]
+    fn bucket_counts_never_overflow() {
+        let week = bucket_width(TimeUnit::Week, MAX_INTERVAL).unwrap();
+        assert!(check_bucket_count(i64::MIN, i64::MAX, week).is_ok());
+        let second = bucket_width(TimeUnit::Second, 1.0).unwrap();
+        let error = check_bucket_count(0, 1001 * second, second)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("would create 1001 buckets"), "{error}");
+        assert!(check_bucket_count(0, 1000 * second, second).is_ok());
+        // since after until: no buckets, as in Prefect.
+        assert!(check_bucket_count(10, 0, 1).is_ok());
+        assert!(
+            time_spans(10, 0, 100, TimeUnit::Second, 1)
+                .starts
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn spans_start_at_the_pivot_grid_and_stop_at_the_current_unit() {
+        let hour = TimeUnit::Hour.micros();
+        let since = PIVOT_MICROS + 10 * hour + 5;
+        let now = PIVOT_MICROS + 13 * hour + 7;
+        let spans = time_spans(since, now + 365 * 24 * hour, now, TimeUnit::Hour, hour);
+        assert_eq!(spans.first, 10);
+        assert_eq!(
+            spans.starts,
+            vec![
+                PIVOT_MICROS + 10 * hour,
+                PIVOT_MICROS + 11 * hour,
+                PIVOT_MICROS + 12 * hour,
+                PIVOT_MICROS + 13 * hour
+            ]
+        );
+        let before_pivot = time_spans(
+            PIVOT_MICROS - 1,
+            PIVOT_MICROS + 1,
+            now,
+            TimeUnit::Hour,
+            hour,
+        );
+        assert_eq!(before_pivot.first, -1);
+        assert_eq!(before_pivot.starts, vec![PIVOT_MICROS - hour, PIVOT_MICROS]);
+    }
 
     #[test]
     fn pivot_and_labels_match_prefect() {

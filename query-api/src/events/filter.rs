@@ -1,35 +1,34 @@
-//! Prefect's `EventFilter` (prefect/server/events/filters.py), its JSON shape, and its
-//! translation to a ClickHouse `WHERE` clause with every value bound as a parameter.
+//! Prefect's `EventFilter` (prefect/server/events/filters.py): its JSON shape, its defaults and
+//! its bounds. Its evaluation is in [`super::filter_sql`] (ClickHouse) and [`super::matches`]
+//! (memory, for the live feed); both follow Prefect's database semantics:
 //!
-//! Semantics follow Prefect's server:
-//! - `occurred`: `since <= occurred <= until` (both inclusive); defaults: since = the start of
-//!   today − 180 days, until = now; `since` is clamped to `until − max window` (Prefect clamps
-//!   the same way), so an old default cannot turn into a scan of the whole retention.
+//! - `occurred`: `since <= occurred <= until`; defaults: since = the start of today − 180 days,
+//!   until = now (rounded up to the second, so that repeated requests share a cache entry).
+//!   Served without clamping; a `since` more than `--max-search-days` back is a 422 naming the
+//!   limit, and dates must lie within what ClickHouse's `DateTime64` holds (1900–2299).
 //! - `event`: `prefix` (any), `exclude_prefix` (none), `name` (any, exact), `exclude_name`.
-//! - `resource`: `id` (any), `id_prefix` (any), `labels` (a resource specification: each label
-//!   must match; values may be exact, `prefix*`, `!negated` or `!prefix*`; a negated label must
-//!   be present; an empty list matches nothing). Positive values are alternatives (Prefect's
-//!   in-memory `matches` does the same; its SQL path ANDs several positive prefixes, which can
-//!   never match two different prefixes, so alternatives are the useful reading).
-//! - `related` (one or a list, all must hold): one related resource must satisfy all of `id`,
+//! - `resource`: `id` (any), `id_prefix` (any), `labels` (see [`super::labels`]), `distinct`
+//!   (one event per resource: the latest for `DESC`, the earliest for `ASC`; `total` counts
+//!   resources).
+//! - `related` (one or a list, all must hold): one related resource satisfies all of `id`,
 //!   `role`, `resources_in_roles` (`[id, role]` pairs) and `labels`.
-//! - `any_resource` (one or a list): the primary resource or a related one satisfies `id`,
-//!   `id_prefix` and `labels`.
-//! - `id`: event ids; `order`: `ASC` | `DESC` (default), by `occurred`, then event id.
+//! - `any_resource` (one or a list): the primary resource or a related one satisfies all of
+//!   `id`, `id_prefix` and `labels`.
+//! - `id`: event ids. `text`: Prefect's text search ([`crate::text_search`]) over the event
+//!   name, every label name and value of the resource and the related resources, and the
+//!   payload. `order`: `ASC` | `DESC` (default), by `occurred`, then event id.
 //!
-//! Empty lists mean "no filter" except in `labels`, as in Prefect (Python truthiness).
-//! Unknown fields are refused (Prefect's filters forbid extra fields too). `text` search and
-//! `resource.distinct: true` are not supported and say so (422).
+//! Empty lists mean "no filter" except in `labels`, as in Prefect (Python truthiness); `null`
+//! means unset everywhere. Unknown fields are refused (Prefect's filters forbid them too).
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::db::{Sql, TENANT};
+pub use super::labels::{LabelValues, ResourceSpecification};
 use crate::error::ApiError;
+use crate::text_search::{TextFilter, TextQuery};
 use crate::window::{self, micros};
 
 /// Longest string accepted in any filter value.
@@ -56,15 +55,13 @@ pub struct EventFilter {
     pub any_resource: Option<OneOrMany<AnyResourceFilter>>,
     #[serde(default)]
     pub id: Option<IdFilter>,
-    /// Not supported: must be absent or null.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub text: Option<serde_json::Value>,
+    #[serde(default)]
+    pub text: Option<TextFilter>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub order: Order,
 }
 
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -96,27 +93,6 @@ pub struct EventNameFilter {
     pub exclude_name: Option<Vec<String>>,
 }
 
-/// A label's expected value or values.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum LabelValues {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl LabelValues {
-    fn list(&self) -> Vec<&str> {
-        match self {
-            LabelValues::One(v) if v.is_empty() => Vec::new(),
-            LabelValues::One(v) => vec![v.as_str()],
-            LabelValues::Many(vs) => vs.iter().map(String::as_str).collect(),
-        }
-    }
-}
-
-/// Prefect's `ResourceSpecification`: label → expected value(s).
-pub type ResourceSpecification = BTreeMap<String, LabelValues>;
-
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceFilter {
@@ -127,7 +103,7 @@ pub struct ResourceFilter {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub labels: Option<ResourceSpecification>,
-    /// Only `false` is supported.
+    /// One event per resource: the latest (`DESC`) or the earliest (`ASC`).
     #[serde(default, deserialize_with = "null_as_default")]
     pub distinct: bool,
 }
@@ -221,50 +197,75 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
     }
 }
 
+/// The first and last instants ClickHouse's `DateTime64(6)` holds.
+pub fn engine_range() -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        Utc.with_ymd_and_hms(1900, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2299, 12, 31, 23, 59, 59).unwrap(),
+    )
+}
+
+/// Checks that `time` is one ClickHouse can hold, naming `field` if not.
+pub fn check_engine_range(field: &str, time: DateTime<Utc>) -> Result<(), ApiError> {
+    let (first, last) = engine_range();
+    if time < first || time > last {
+        return Err(ApiError::unprocessable(format!(
+            "{field}: {} is outside what Flowhouse stores (1900-01-01 to 2299-12-31)",
+            time.to_rfc3339()
+        )));
+    }
+    Ok(())
+}
+
 impl EventFilter {
-    /// Fills in the default window and clamps it; refuses what Flowhouse does not support.
-    pub fn resolve(mut self, max_window: Duration) -> Result<Self, ApiError> {
-        if self.text.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(ApiError::unprocessable(
-                "filter.text: text search is not supported by Flowhouse; filter by event name, resource or labels",
-            ));
-        }
-        self.text = None;
-        if self.resource.as_ref().is_some_and(|r| r.distinct) {
-            return Err(ApiError::unprocessable(
-                "filter.resource.distinct: only false is supported by Flowhouse",
-            ));
-        }
-        // Until: now, rounded up to the second so that repeated requests share a cache entry.
+    /// Fills in Prefect's default window and checks every bound; `max_search` is how far back
+    /// a search may reach. `field` names the filter in errors (`filter`).
+    pub fn resolve(mut self, max_search: Duration, field: &str) -> Result<Self, ApiError> {
         let now = Utc::now();
+        // Until: now, rounded up to the second so that repeated requests share a cache entry.
         let until = self.occurred.until.unwrap_or_else(|| {
             window::from_micros(window::ceil_to(micros(now), window::MICROS_PER_SECOND))
         });
-        let default_since = now
-            .date_naive()
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc() - Duration::days(180));
-        let since = self
-            .occurred
-            .since
-            .or(default_since)
-            .unwrap_or(until - max_window)
-            .max(until - max_window)
-            .max(flowhouse_schema::event::earliest_timestamp());
-        if since > until {
-            return Err(ApiError::unprocessable(
-                "filter.occurred: since must not be after until",
-            ));
+        let since = match self.occurred.since {
+            Some(since) => since,
+            None => {
+                let today = now
+                    .date_naive()
+                    .and_hms_opt(0, 0, 0)
+                    .expect("midnight exists")
+                    .and_utc();
+                today - Duration::days(180)
+            }
+        };
+        check_engine_range(&format!("{field}.occurred.since"), since)?;
+        check_engine_range(&format!("{field}.occurred.until"), until)?;
+        if since < now - max_search {
+            return Err(ApiError::unprocessable(format!(
+                "{field}.occurred.since: searches reach at most {} days back \
+                 (FLOWHOUSE_QUERY_MAX_SEARCH_DAYS); ask for a later since",
+                max_search.num_days()
+            )));
         }
         self.occurred = OccurredFilter {
             since: Some(since),
             until: Some(until),
         };
-        self.check_sizes()?;
+        if let Some(text) = &self.text {
+            text.parse(&format!("{field}.text"))?;
+        }
+        self.check_sizes(field)?;
         Ok(self)
     }
 
-    fn check_sizes(&self) -> Result<(), ApiError> {
+    /// The parsed text query, when there is one.
+    pub fn text_query(&self) -> Option<TextQuery> {
+        self.text
+            .as_ref()
+            .map(|text| TextQuery::parse(&text.query))
+            .filter(|query| !query.is_empty())
+    }
+
+    fn check_sizes(&self, field: &str) -> Result<(), ApiError> {
         fn list(out: &mut Vec<usize>, values: &Option<Vec<String>>) {
             out.extend(values.iter().flatten().map(String::len));
         }
@@ -307,12 +308,12 @@ impl EventFilter {
             .map_or(0, Vec::len);
         if lengths.len() + ids > MAX_VALUES {
             return Err(ApiError::unprocessable(format!(
-                "filter: at most {MAX_VALUES} values in all"
+                "{field}: at most {MAX_VALUES} values in all"
             )));
         }
         if lengths.iter().any(|&n| n > MAX_VALUE_BYTES) {
             return Err(ApiError::unprocessable(format!(
-                "filter: a value is longer than {MAX_VALUE_BYTES} bytes"
+                "{field}: a value is longer than {MAX_VALUE_BYTES} bytes"
             )));
         }
         Ok(())
@@ -326,197 +327,91 @@ impl EventFilter {
         self.occurred.until.map(micros).unwrap_or_default()
     }
 
-    /// The `WHERE` clause (tenant first) of a resolved filter.
-    pub fn where_clause(&self, sql: &mut Sql) -> String {
-        let mut c = vec![TENANT.to_string()];
-        let since = sql.bind_micros(self.since_micros());
-        let until = sql.bind_micros(self.until_micros());
-        c.push(format!("occurred >= {since} AND occurred <= {until}"));
-        if let Some(e) = &self.event {
-            if let Some(v) = non_empty(&e.prefix) {
-                let p = sql.bind_strings(v);
-                c.push(format!("arrayExists(x -> startsWith(event, x), {p})"));
-            }
-            if let Some(v) = non_empty(&e.exclude_prefix) {
-                let p = sql.bind_strings(v);
-                c.push(format!("NOT arrayExists(x -> startsWith(event, x), {p})"));
-            }
-            if let Some(v) = non_empty(&e.name) {
-                let p = sql.bind_strings(v);
-                c.push(format!("has({p}, event)"));
-            }
-            if let Some(v) = non_empty(&e.exclude_name) {
-                let p = sql.bind_strings(v);
-                c.push(format!("NOT has({p}, event)"));
-            }
-        }
-        if let Some(r) = &self.resource {
-            if let Some(v) = non_empty(&r.id) {
-                let p = sql.bind_strings(v);
-                c.push(format!("has({p}, resource_id)"));
-            }
-            if let Some(v) = non_empty(&r.id_prefix) {
-                let p = sql.bind_strings(v);
-                c.push(format!("arrayExists(x -> startsWith(resource_id, x), {p})"));
-            }
-            if let Some(labels) = &r.labels {
-                c.extend(label_conditions(sql, Resource::Primary, labels));
-            }
-        }
-        for r in self.related.iter().flat_map(OneOrMany::iter) {
-            let mut rc = Vec::new();
-            if let Some(v) = non_empty(&r.id) {
-                let p = sql.bind_strings(v);
-                rc.push(format!("has({p}, r['prefect.resource.id'])"));
-            }
-            if let Some(v) = non_empty(&r.role) {
-                let p = sql.bind_strings(v);
-                rc.push(format!("has({p}, r['prefect.resource.role'])"));
-            }
-            if let Some(pairs) = r.resources_in_roles.as_ref().filter(|p| !p.is_empty()) {
-                let ids: Vec<&str> = pairs.iter().map(|(id, _)| id.as_str()).collect();
-                let roles: Vec<&str> = pairs.iter().map(|(_, role)| role.as_str()).collect();
-                let (ids, roles) = (sql.bind_strings(&ids), sql.bind_strings(&roles));
-                rc.push(format!(
-                    "arrayExists((i, o) -> i = r['prefect.resource.id'] AND o = r['prefect.resource.role'], {ids}, {roles})"
-                ));
-            }
-            if let Some(labels) = &r.labels {
-                rc.extend(label_conditions(sql, Resource::Related, labels));
-            }
-            if !rc.is_empty() {
-                c.push(format!("arrayExists(r -> ({}), related)", rc.join(" AND ")));
-            }
-        }
-        for r in self.any_resource.iter().flat_map(OneOrMany::iter) {
-            let on = |sql: &mut Sql, which: Resource| -> Vec<String> {
-                let id = which.id_expr();
-                let mut rc = Vec::new();
-                if let Some(v) = non_empty(&r.id) {
-                    let p = sql.bind_strings(v);
-                    rc.push(format!("has({p}, {id})"));
-                }
-                if let Some(v) = non_empty(&r.id_prefix) {
-                    let p = sql.bind_strings(v);
-                    rc.push(format!("arrayExists(x -> startsWith({id}, x), {p})"));
-                }
-                if let Some(labels) = &r.labels {
-                    rc.extend(label_conditions(sql, which, labels));
-                }
-                rc
-            };
-            let primary = on(sql, Resource::Primary);
-            if primary.is_empty() {
-                continue;
-            }
-            let related = on(sql, Resource::Related);
-            c.push(format!(
-                "(({}) OR arrayExists(r -> ({}), related))",
-                primary.join(" AND "),
-                related.join(" AND ")
-            ));
-        }
-        if let Some(ids) = self
-            .id
-            .as_ref()
-            .and_then(|f| f.id.as_ref())
-            .filter(|v| !v.is_empty())
-        {
-            let ids = ids
-                .iter()
-                .map(|id| serde_json::Value::String(id.to_string()))
-                .collect();
-            let p = sql.bind("Array(UUID)", serde_json::Value::Array(ids));
-            c.push(format!("has({p}, id)"));
-        }
-        c.join(" AND ")
+    /// Whether only one event per resource is wanted.
+    pub fn distinct(&self) -> bool {
+        self.resource.as_ref().is_some_and(|r| r.distinct)
     }
 }
 
-fn non_empty(list: &Option<Vec<String>>) -> Option<&Vec<String>> {
-    list.as_ref().filter(|v| !v.is_empty())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::parse_json;
 
-/// Which resource a label condition reads: the event's own, or `r`, a related one in a lambda.
-#[derive(Clone, Copy)]
-enum Resource {
-    Primary,
-    Related,
-}
-
-impl Resource {
-    fn map(self) -> &'static str {
-        match self {
-            Resource::Primary => "resource",
-            Resource::Related => "r",
-        }
+    fn resolve(json: &str) -> Result<EventFilter, ApiError> {
+        parse_json::<EventFilter>(json.as_bytes())?.resolve(Duration::days(366), "filter")
     }
 
-    fn id_expr(self) -> &'static str {
-        match self {
-            // The materialized column, which has a bloom filter index.
-            Resource::Primary => "resource_id",
-            Resource::Related => "r['prefect.resource.id']",
-        }
+    #[test]
+    fn the_default_window_is_prefects_180_days() {
+        let filter = resolve("{}").unwrap();
+        let since = filter.occurred.since.unwrap();
+        let today = Utc::now()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert_eq!(since, today - Duration::days(180));
+        let until = filter.occurred.until.unwrap();
+        assert!(
+            until >= Utc::now() - Duration::seconds(2)
+                && until <= Utc::now() + Duration::seconds(2)
+        );
     }
-}
 
-/// One condition per label of a resource specification.
-fn label_conditions(sql: &mut Sql, which: Resource, spec: &ResourceSpecification) -> Vec<String> {
-    let map = which.map();
-    let mut conditions = Vec::new();
-    for (label, values) in spec {
-        let values = values.list();
-        if values.is_empty() {
-            conditions.push("0".to_string());
-            continue;
-        }
-        let (value, exists) = if label == "prefect.resource.id" {
-            (which.id_expr().to_string(), "1".to_string())
-        } else {
-            let k = sql.bind("String", label.as_str());
-            (format!("{map}[{k}]"), format!("mapContains({map}, {k})"))
-        };
-        let (mut exact, mut prefixes, mut not_exact, mut not_prefixes) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for v in values {
-            let (negated, v) = match v.strip_prefix('!') {
-                Some(rest) => (true, rest),
-                None => (false, v),
-            };
-            let (prefix, v) = match v.strip_suffix('*') {
-                Some(_) => (true, v.trim_end_matches('*')),
-                None => (false, v),
-            };
-            match (negated, prefix) {
-                (false, false) => exact.push(v),
-                (false, true) => prefixes.push(v),
-                (true, false) => not_exact.push(v),
-                (true, true) => not_prefixes.push(v),
-            }
-        }
-        let mut c = vec![exists];
-        let mut positive = Vec::new();
-        if !exact.is_empty() {
-            let p = sql.bind_strings(&exact);
-            positive.push(format!("has({p}, {value})"));
-        }
-        if !prefixes.is_empty() {
-            let p = sql.bind_strings(&prefixes);
-            positive.push(format!("arrayExists(x -> startsWith({value}, x), {p})"));
-        }
-        if !positive.is_empty() {
-            c.push(format!("({})", positive.join(" OR ")));
-        }
-        if !not_exact.is_empty() {
-            let p = sql.bind_strings(&not_exact);
-            c.push(format!("NOT has({p}, {value})"));
-        }
-        if !not_prefixes.is_empty() {
-            let p = sql.bind_strings(&not_prefixes);
-            c.push(format!("NOT arrayExists(x -> startsWith({value}, x), {p})"));
-        }
-        conditions.push(format!("({})", c.join(" AND ")));
+    #[test]
+    fn nulls_are_unset_and_unknown_fields_refused() {
+        let filter = resolve(
+            r#"{"occurred": null, "event": null, "resource": null, "related": null,
+                "any_resource": null, "id": {"id": null}, "text": null, "order": null}"#,
+        )
+        .unwrap();
+        assert_eq!(filter.order, Order::Desc);
+        let error = resolve(r#"{"colour": "blue"}"#).unwrap_err().to_string();
+        assert!(error.contains("colour"), "{error}");
     }
-    conditions
+
+    #[test]
+    fn windows_are_bounded_not_clamped() {
+        let old = (Utc::now() - Duration::days(400)).to_rfc3339();
+        let error = resolve(&format!(r#"{{"occurred": {{"since": "{old}"}}}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("filter.occurred.since: searches reach at most 366 days"),
+            "{error}"
+        );
+        // The subscriber's window ends a year ahead: fine.
+        let ahead = (Utc::now() + Duration::days(365)).to_rfc3339();
+        let filter = resolve(&format!(r#"{{"occurred": {{"until": "{ahead}"}}}}"#)).unwrap();
+        assert_eq!(filter.occurred.until.unwrap().to_rfc3339(), ahead);
+        let error = resolve(r#"{"occurred": {"until": "2300-01-01T00:00:00Z"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("filter.occurred.until"), "{error}");
+        // since after until is Prefect's empty answer, not an error.
+        let later = Utc::now().to_rfc3339();
+        let earlier = (Utc::now() - Duration::days(1)).to_rfc3339();
+        assert!(
+            resolve(&format!(
+                r#"{{"occurred": {{"since": "{later}", "until": "{earlier}"}}}}"#
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn text_queries_are_checked() {
+        let long = "x".repeat(201);
+        let error = resolve(&format!(r#"{{"text": {{"query": "{long}"}}}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("filter.text.query: at most 200"), "{error}");
+        assert!(
+            resolve(r#"{"text": {"query": "  "}}"#)
+                .unwrap()
+                .text_query()
+                .is_none()
+        );
+    }
 }

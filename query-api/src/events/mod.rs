@@ -6,10 +6,13 @@
 
 pub mod count;
 pub mod filter;
+pub mod filter_sql;
+pub mod labels;
+pub mod matches;
 pub mod page_token;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use chrono::Duration;
 use clickhouse::Row;
@@ -120,7 +123,7 @@ const EVENT_COLUMNS: &str =
     "account_id, workspace_id, occurred, id, received, event, resource, related, payload, follows";
 
 /// The events of one page, and whether another page follows.
-async fn read_page(
+pub(crate) async fn read_page(
     state: &AppState,
     tenant: Tenant,
     filter: &EventFilter,
@@ -128,7 +131,21 @@ async fn read_page(
     after: Option<Cursor>,
 ) -> Result<(Vec<EventRow>, bool), ApiError> {
     let mut sql = Sql::new(tenant);
-    let mut condition = filter.where_clause(&mut sql);
+    let condition = filter.where_clause(&mut sql);
+    let order = filter.order.sql();
+    // With `distinct`, the first event of each resource in the requested order, then paged.
+    let (source, mut outer) = if filter.distinct() {
+        (
+            format!(
+                "(SELECT {EVENT_COLUMNS}, resource_id AS distinct_resource FROM events FINAL
+                  WHERE {condition} ORDER BY occurred {order}, id {order}
+                  LIMIT 1 BY distinct_resource)"
+            ),
+            vec!["1".to_string()],
+        )
+    } else {
+        ("events FINAL".to_string(), vec![condition])
+    };
     if let Some(cursor) = after {
         let occurred = sql.bind_micros(cursor.occurred);
         let id = sql.bind("UUID", cursor.id.to_string());
@@ -137,15 +154,15 @@ async fn read_page(
             Order::Asc => (">", ">="),
             Order::Desc => ("<", "<="),
         };
-        condition.push_str(&format!(
-            " AND occurred {bound} {occurred} AND (occurred, id) {cmp} ({occurred}, {id})"
+        outer.push(format!(
+            "occurred {bound} {occurred} AND (occurred, id) {cmp} ({occurred}, {id})"
         ));
     }
-    let order = filter.order.sql();
     let fetch = sql.bind("UInt64", u64::from(limit) + 1);
     sql.push(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE {condition}
-         ORDER BY occurred {order}, id {order} LIMIT {fetch}"
+        "SELECT {EVENT_COLUMNS} FROM {source} WHERE {}
+         ORDER BY occurred {order}, id {order} LIMIT {fetch}",
+        outer.join(" AND ")
     ));
     let mut rows: Vec<EventRow> = state.db.fetch("events_page", &sql).await?;
     let more = rows.len() > limit as usize;
@@ -153,40 +170,31 @@ async fn read_page(
     Ok((rows, more))
 }
 
+/// How many events match (with `distinct`: how many resources).
 async fn count(state: &AppState, tenant: Tenant, filter: &EventFilter) -> Result<u64, ApiError> {
     let mut sql = Sql::new(tenant);
     let condition = filter.where_clause(&mut sql);
+    let what = if filter.distinct() {
+        "uniqExact(resource_id)"
+    } else {
+        "count()"
+    };
     sql.push(&format!(
-        "SELECT count() AS n FROM events FINAL WHERE {condition}"
+        "SELECT {what} AS n FROM events FINAL WHERE {condition}"
     ));
     let rows: Vec<CountRow> = state.db.fetch("events_count", &sql).await?;
     Ok(rows.first().map_or(0, |r| r.n))
 }
 
-/// The request's `Host`, if it looks like one (it ends up in a URL we hand out).
-fn host(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        })
-}
-
-/// The absolute URL of the next page (Prefect's `next_page` is a URL), from the request's Host.
-fn next_page_url(headers: &HeaderMap, tenant: Tenant, token: &str) -> String {
+/// The absolute URL of the next page (Prefect's `next_page` is a URL): from the configured
+/// public URL, else the request's `X-Forwarded-Proto` and `Host` (relative without either).
+fn next_page_url(state: &AppState, headers: &HeaderMap, tenant: Tenant, token: &str) -> String {
     let path = format!(
         "/api/accounts/{}/workspaces/{}/events/filter/next?page-token={token}",
         tenant.account_id, tenant.workspace_id
     );
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    match host(headers) {
-        Some(host) => format!("{scheme}://{host}{path}"),
+    match state.public.base_url(headers) {
+        Some(base) => format!("{base}{path}"),
         None => path,
     }
 }
@@ -208,6 +216,7 @@ fn page_body(
                 ..page.clone()
             };
             Some(next_page_url(
+                state,
                 headers,
                 page.tenant,
                 &state.page_tokens.sign(&next),
@@ -233,8 +242,9 @@ fn resolve_limit(state: &AppState, limit: Option<u32>) -> Result<u32, ApiError> 
     Ok(limit)
 }
 
-pub fn max_window(state: &AppState) -> Duration {
-    Duration::microseconds(state.settings.max_window_micros())
+/// How far back a search may reach.
+pub fn max_search(state: &AppState) -> Duration {
+    Duration::microseconds(state.settings.max_search_micros())
 }
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/events/filter",
@@ -253,10 +263,10 @@ pub async fn filter_events(
     let filter = request
         .filter
         .unwrap_or_default()
-        .resolve(max_window(&state))?;
+        .resolve(max_search(&state), "filter")?;
     let limit = resolve_limit(&state, request.limit)?;
     // The base URL is part of the key: the body holds a `next_page` URL built from it.
-    let key = serde_json::to_string(&(&filter, limit, next_page_url(&headers, tenant, "")))
+    let key = serde_json::to_string(&(&filter, limit, next_page_url(&state, &headers, tenant, "")))
         .map_err(|_| ApiError::Internal)?;
     let ttl = state.cache.ttl_for(filter.until_micros(), Bucket::Hour);
     let st = state.clone();
@@ -312,7 +322,7 @@ pub async fn next_page(
     let Query(query) = query
         .map_err(|_| ApiError::Forbidden("a page-token query parameter is required".into()))?;
     let page = state.page_tokens.verify(&query.page_token, tenant)?;
-    let key = serde_json::to_string(&(&page, next_page_url(&headers, tenant, "")))
+    let key = serde_json::to_string(&(&page, next_page_url(&state, &headers, tenant, "")))
         .map_err(|_| ApiError::Internal)?;
     let ttl = state
         .cache

@@ -10,6 +10,7 @@ pub mod workload;
 use std::net::SocketAddr;
 
 use flowhouse_keys::{KeyRecord, KeySet, Keys, KeysFile, Scope, key_hash};
+use flowhouse_query_api::live::Feed;
 use flowhouse_query_api::{AppState, Settings, router};
 use flowhouse_schema::Tenant;
 use flowhouse_schema::ddl::{SchemaConfig, Topology};
@@ -64,17 +65,6 @@ pub fn new_tenant() -> Tenant {
 impl Harness {
     /// A fresh database with the schema, `tenants` tenants with keys, and the API serving it.
     pub async fn start(prefix: &str, tenants: usize, settings: Settings) -> Self {
-        let stack = Stack::from_env();
-        let database = stack.fresh_database(prefix).await;
-        let config = SchemaConfig {
-            database: database.clone(),
-            topology: Topology::SingleNode,
-            retention_days: 30,
-        };
-        flowhouse_schema::migrate::apply(&stack.clickhouse.server_client(), &config)
-            .await
-            .expect("apply the schema");
-        let client = stack.clickhouse_client(&database);
         // Two tenants share an account, so that workspace scoping is tested, not only accounts.
         let mut list: Vec<Tenant> = (0..tenants).map(|_| new_tenant()).collect();
         if tenants > 1 {
@@ -94,7 +84,51 @@ impl Harness {
             .collect();
         keys.push(record(&write_only_key, list[0], vec![Scope::Write]));
         let keys = Keys::fixed(KeySet::from_file(&KeysFile { version: 1, keys }));
-        let state = AppState::new(client.clone(), keys, "test-secret", settings);
+        Self::serve(prefix, tenant_keys, write_only_key, keys, settings, None).await
+    }
+
+    /// The API over `keys` (tenants' keys live there, not in the harness) and, when given, a
+    /// live feed for the subscriber websockets.
+    pub async fn start_with(
+        prefix: &str,
+        keys: Keys,
+        settings: Settings,
+        feed: Option<Feed>,
+        tenants: &[Tenant],
+    ) -> Self {
+        let tenant_keys = tenants
+            .iter()
+            .map(|&tenant| TenantKeys {
+                tenant,
+                key: String::new(),
+            })
+            .collect();
+        Self::serve(prefix, tenant_keys, String::new(), keys, settings, feed).await
+    }
+
+    async fn serve(
+        prefix: &str,
+        tenant_keys: Vec<TenantKeys>,
+        write_only_key: String,
+        keys: Keys,
+        settings: Settings,
+        feed: Option<Feed>,
+    ) -> Self {
+        let stack = Stack::from_env();
+        let database = stack.fresh_database(prefix).await;
+        let config = SchemaConfig {
+            database: database.clone(),
+            topology: Topology::SingleNode,
+            retention_days: 30,
+        };
+        flowhouse_schema::migrate::apply(&stack.clickhouse.server_client(), &config)
+            .await
+            .expect("apply the schema");
+        let client = stack.clickhouse_client(&database);
+        let mut state = AppState::new(client.clone(), keys, "test-secret", settings);
+        if let Some(feed) = feed {
+            state = state.with_live(feed);
+        }
         let readiness = Readiness::default();
         readiness.ready("test");
         let app = router(state.clone(), readiness);
@@ -160,6 +194,51 @@ impl Harness {
             .extend(self.events.iter().step_by(20).cloned().collect::<Vec<_>>());
         let logs: Vec<LogRow> = self.logs.iter().map(Lg::row).collect();
         insert_logs(&self.client, &logs).await;
+    }
+
+    /// Stores one event (Prefect's JSON) for `tenant`, as ingest would.
+    pub async fn insert_raw_event(&self, tenant: Tenant, event: &serde_json::Value) {
+        let raw = event.to_string();
+        let parsed = flowhouse_schema::event::parse_event(
+            raw.as_bytes(),
+            &flowhouse_schema::event::Limits::default(),
+            chrono::Utc::now(),
+        )
+        .expect("a valid event");
+        let row = EventRow::new(tenant, chrono::Utc::now(), &parsed);
+        insert_events(&self.client, &[row]).await;
+    }
+
+    /// Walks every page of `filter` (`limit` per page) and returns the events in order,
+    /// checking `total` on every page.
+    pub async fn walk(
+        &self,
+        key: &str,
+        tenant: Tenant,
+        filter: serde_json::Value,
+        limit: u64,
+    ) -> (u64, Vec<serde_json::Value>) {
+        let mut page = self
+            .post_json(
+                key,
+                &self.url(tenant, "events/filter"),
+                &serde_json::json!({"filter": filter, "limit": limit}),
+            )
+            .await;
+        let total = page["total"].as_u64().unwrap();
+        let mut events: Vec<serde_json::Value> = page["events"].as_array().unwrap().clone();
+        while let Some(next) = page["next_page"].as_str() {
+            assert!(
+                page["events"].as_array().unwrap().len() as u64 == limit,
+                "only a full page has a next page"
+            );
+            let response = self.http.get(next).bearer_auth(key).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            page = response.json().await.unwrap();
+            assert_eq!(page["total"].as_u64().unwrap(), total);
+            events.extend(page["events"].as_array().unwrap().iter().cloned());
+        }
+        (total, events)
     }
 
     pub async fn get(&self, key: &str, url: &str, query: &[(String, String)]) -> reqwest::Response {

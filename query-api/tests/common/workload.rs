@@ -481,3 +481,13 @@ pub fn tenant_workload(
         });
     }
 }
+
+/// One row per distinct event (a resent event counts once), as `events FINAL` holds them.
+pub fn unique_rows(events: &[Ev]) -> Vec<EventRow> {
+    let mut seen = std::collections::BTreeSet::new();
+    events
+        .iter()
+        .filter(|e| seen.insert((e.tenant, e.occurred, e.id)))
+        .map(Ev::row)
+        .collect()
+}

@@ -3,13 +3,15 @@
 //!
 //! Flowhouse stores no log ids; each log gets a stable one derived from its content and tenant
 //! (the same line always has the same id), and `created`/`updated` are when it was received.
-//! Without a timestamp bound the window is the configured maximum, so a filter on a flow run
-//! alone cannot scan the whole retention; `offset` is capped by the result-row limit.
+//! As in Prefect, there is no default time window (the table's retention bounds a search);
+//! `limit` is 200 by default and at most 200 (Prefect's messages), `offset` at most the
+//! configured result-row limit (Flowhouse's own bound on deep paging).
+
+pub mod filter;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use flowhouse_schema::Tenant;
 use flowhouse_schema::rows::LogRow;
 use serde::{Deserialize, Serialize};
@@ -20,64 +22,13 @@ use uuid::Uuid;
 use crate::auth::Reader;
 use crate::db::{Sql, TENANT};
 use crate::error::ApiError;
-use crate::request::{JsonBody, Operator};
-use crate::window::{self, Bucket, micros};
+use crate::request::JsonBody;
+use crate::window::{self, Bucket};
 use crate::{AppState, cached_json};
+pub use filter::LogFilter;
 
-/// Prefect's default page size for `/logs/filter` (`PREFECT_API_DEFAULT_LIMIT`).
-pub const DEFAULT_LIMIT: u64 = 200;
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LogFilter {
-    /// Only `and_` (Prefect's default) is supported.
-    #[serde(default)]
-    pub operator: Option<Operator>,
-    #[serde(default)]
-    pub level: Option<LevelFilter>,
-    #[serde(default)]
-    pub timestamp: Option<TimestampFilter>,
-    #[serde(default)]
-    pub flow_run_id: Option<FlowRunIdFilter>,
-    #[serde(default)]
-    pub task_run_id: Option<TaskRunIdFilter>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LevelFilter {
-    #[serde(default)]
-    pub ge_: Option<i64>,
-    #[serde(default)]
-    pub le_: Option<i64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TimestampFilter {
-    /// Inclusive.
-    #[serde(default)]
-    pub before_: Option<DateTime<Utc>>,
-    /// Inclusive.
-    #[serde(default)]
-    pub after_: Option<DateTime<Utc>>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FlowRunIdFilter {
-    #[serde(default)]
-    pub any_: Option<Vec<Uuid>>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskRunIdFilter {
-    #[serde(default)]
-    pub any_: Option<Vec<Uuid>>,
-    #[serde(default)]
-    pub is_null_: Option<bool>,
-}
+/// Prefect's default page size for `/logs/filter` (`PREFECT_API_DEFAULT_LIMIT`), also its most.
+pub const DEFAULT_LIMIT: i64 = 200;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[allow(clippy::upper_case_acronyms, non_camel_case_types)]
@@ -87,17 +38,19 @@ pub enum LogSort {
     TIMESTAMP_DESC,
 }
 
-/// `POST /logs/filter` body.
+/// `POST /logs/filter` body; every field may be null.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct LogsRequest {
     #[serde(default)]
     pub logs: Option<LogFilter>,
     #[serde(default)]
     pub sort: Option<LogSort>,
+    /// 0 to 200; default 200.
     #[serde(default)]
-    pub limit: Option<u64>,
+    pub limit: Option<i64>,
+    /// At least 0; default 0.
     #[serde(default)]
-    pub offset: Option<u64>,
+    pub offset: Option<i64>,
 }
 
 /// Prefect's `Log`.
@@ -164,19 +117,9 @@ impl From<LogRow> for Log {
 #[derive(Debug, Serialize)]
 struct LogsQuery {
     filter: LogFilter,
-    after: i64,
-    before: i64,
     sort: LogSort,
     limit: u64,
     offset: u64,
-}
-
-fn uuids(list: &[Uuid]) -> serde_json::Value {
-    serde_json::Value::Array(
-        list.iter()
-            .map(|id| serde_json::Value::String(id.to_string()))
-            .collect(),
-    )
 }
 
 async fn read_logs(
@@ -185,41 +128,7 @@ async fn read_logs(
     q: &LogsQuery,
 ) -> Result<Vec<LogRow>, ApiError> {
     let mut sql = Sql::new(tenant);
-    let after = sql.bind_micros(q.after);
-    let before = sql.bind_micros(q.before);
-    let mut c = vec![
-        TENANT.to_string(),
-        format!("timestamp >= {after} AND timestamp <= {before}"),
-    ];
-    if let Some(level) = &q.filter.level {
-        if let Some(ge) = level.ge_ {
-            let p = sql.bind_i64(ge);
-            c.push(format!("level >= {p}"));
-        }
-        if let Some(le) = level.le_ {
-            let p = sql.bind_i64(le);
-            c.push(format!("level <= {p}"));
-        }
-    }
-    if let Some(ids) = q.filter.flow_run_id.as_ref().and_then(|f| f.any_.as_ref()) {
-        let p = sql.bind("Array(UUID)", uuids(ids));
-        c.push(format!(
-            "isNotNull(flow_run_id) AND has({p}, assumeNotNull(flow_run_id))"
-        ));
-    }
-    if let Some(f) = &q.filter.task_run_id {
-        if let Some(ids) = &f.any_ {
-            let p = sql.bind("Array(UUID)", uuids(ids));
-            c.push(format!(
-                "isNotNull(task_run_id) AND has({p}, assumeNotNull(task_run_id))"
-            ));
-        }
-        match f.is_null_ {
-            Some(true) => c.push("isNull(task_run_id)".into()),
-            Some(false) => c.push("isNotNull(task_run_id)".into()),
-            None => {}
-        }
-    }
+    let condition = q.filter.sql(&mut sql);
     let order = match q.sort {
         LogSort::TIMESTAMP_ASC => "ASC",
         LogSort::TIMESTAMP_DESC => "DESC",
@@ -230,13 +139,64 @@ async fn read_logs(
     sql.push(&format!(
         "SELECT account_id, workspace_id, timestamp, received, level, name, message,
                 flow_run_id, task_run_id, worker_id
-         FROM logs WHERE {}
+         FROM logs WHERE {TENANT} AND {condition}
          ORDER BY timestamp {order}, received {order}, level {order},
                   cityHash64(name, message, flow_run_id, task_run_id) {order}
-         LIMIT {limit} OFFSET {offset}",
-        c.join(" AND ")
+         LIMIT {limit} OFFSET {offset}"
     ));
     state.db.fetch("logs_filter", &sql).await
+}
+
+/// The lines matching `filter` with a timestamp from `since` on, oldest first, at most the
+/// configured result-row limit: the backfill of a `/logs/out` subscriber.
+pub(crate) async fn read_recent(
+    state: &AppState,
+    tenant: Tenant,
+    filter: &LogFilter,
+    since: i64,
+) -> Result<Vec<LogRow>, ApiError> {
+    let mut sql = Sql::new(tenant);
+    let condition = filter.sql(&mut sql);
+    let since = sql.bind_micros(since);
+    let limit = sql.bind("UInt64", state.settings.max_result_rows);
+    sql.push(&format!(
+        "SELECT account_id, workspace_id, timestamp, received, level, name, message,
+                flow_run_id, task_run_id, worker_id
+         FROM logs WHERE {TENANT} AND timestamp >= {since} AND {condition}
+         ORDER BY timestamp ASC, received ASC LIMIT {limit}"
+    ));
+    state.db.fetch("logs_backfill", &sql).await
+}
+
+/// Prefect's `limit` (`LimitBody`: null is the default, 0..=200, its own messages) and
+/// `offset` (at least 0; Flowhouse: at most `max_result_rows`).
+fn page(state: &AppState, limit: Option<i64>, offset: Option<i64>) -> Result<(u64, u64), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit < 0 {
+        return Err(ApiError::unprocessable(
+            "Invalid limit: must be greater than or equal to 0.",
+        ));
+    }
+    if limit > DEFAULT_LIMIT {
+        return Err(ApiError::unprocessable(format!(
+            "Invalid limit: must be less than or equal to {DEFAULT_LIMIT}."
+        )));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::unprocessable(
+            "offset: Input should be greater than or equal to 0",
+        ));
+    }
+    let offset = offset.unsigned_abs();
+    if offset > state.settings.max_result_rows {
+        return Err(ApiError::unprocessable(format!(
+            "offset: at most {} (FLOWHOUSE_QUERY_MAX_RESULT_ROWS); narrow the filter \
+             (timestamp, flow_run_id) instead of paging deeper",
+            state.settings.max_result_rows
+        )));
+    }
+    Ok((limit.unsigned_abs(), offset))
 }
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/logs/filter",
@@ -252,51 +212,23 @@ pub async fn filter_logs(
     JsonBody(request): JsonBody<LogsRequest>,
 ) -> Result<Response, ApiError> {
     let filter = request.logs.unwrap_or_default();
-    if filter.operator == Some(Operator::Or) {
-        return Err(ApiError::unprocessable(
-            "logs.operator: only and_ is supported by Flowhouse",
-        ));
-    }
-    let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
-    let max_page = u64::from(state.settings.max_page_size).max(DEFAULT_LIMIT);
-    if limit > max_page {
-        return Err(ApiError::unprocessable(format!(
-            "limit: at most {max_page}"
-        )));
-    }
-    let offset = request.offset.unwrap_or(0);
-    if offset > state.settings.max_result_rows {
-        return Err(ApiError::unprocessable(format!(
-            "offset: at most {}; narrow the filter (timestamp, flow_run_id)",
-            state.settings.max_result_rows
-        )));
-    }
-    let stamps = filter.timestamp.clone().unwrap_or_default();
-    let before = stamps
-        .before_
-        .map(micros)
-        .unwrap_or_else(|| window::ceil_to(window::now_micros(), window::MICROS_PER_SECOND));
-    let after = stamps
-        .after_
-        .map(micros)
-        .unwrap_or(i64::MIN)
-        .max(before - state.settings.max_window_micros())
-        .max(window::earliest());
-    if after > before {
-        return Err(ApiError::unprocessable(
-            "logs.timestamp: after_ must not be after before_",
-        ));
-    }
+    filter.check("logs")?;
+    let (limit, offset) = page(&state, request.limit, request.offset)?;
+    // Answers reaching the open hour are short-lived; a window that ended long ago may live
+    // as long as settled answers do.
+    let until = filter
+        .timestamp
+        .as_ref()
+        .and_then(|t| t.before_)
+        .map_or_else(window::now_micros, window::micros);
     let q = LogsQuery {
         filter,
-        after,
-        before,
         sort: request.sort.unwrap_or_default(),
         limit,
         offset,
     };
     let key = serde_json::to_string(&q).map_err(|_| ApiError::Internal)?;
-    let ttl = state.cache.ttl_for(before, Bucket::Hour);
+    let ttl = state.cache.ttl_for(until, Bucket::Hour);
     let st = state.clone();
     cached_json(
         &state,

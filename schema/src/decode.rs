@@ -1,29 +1,19 @@
 //! One Kafka message → one typed row, or the reason it must be dead-lettered.
 
+//!
+//! Shared by the ingest consumer (which stores the row) and the query API's live feed (which
+//! shows it to subscribers), so that both read a message the same way.
+
 use chrono::{DateTime, Utc};
-use flowhouse_schema::contract::Envelope;
-use flowhouse_schema::event::{Limits, parse_event};
-use flowhouse_schema::log::parse_log;
-use flowhouse_schema::rows::{EventRow, LogRow};
-use flowhouse_schema::{Problem, Rejection};
 use rdkafka::Message;
 use rdkafka::message::{BorrowedHeaders, Timestamp};
 
-/// Which table a topic feeds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Table {
-    Events,
-    Logs,
-}
-
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Events => "events",
-            Table::Logs => "logs",
-        }
-    }
-}
+use crate::contract::Envelope;
+use crate::event::{Limits, parse_event};
+use crate::log::parse_log;
+use crate::rows::{EventRow, LogRow};
+use crate::stream::Stream;
+use crate::{DeadLetterKind, Problem, Rejection};
 
 /// A decoded row.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,8 +34,7 @@ impl Row {
 /// Why a message cannot be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
-    /// `not_json`, `too_large`, `invalid`, `bad_headers` or `no_value`.
-    pub kind: &'static str,
+    pub kind: DeadLetterKind,
     pub reason: String,
 }
 
@@ -58,9 +47,9 @@ impl From<Rejection> for Refusal {
     }
 }
 
-/// Decodes a message of `table`'s topic. `now` bounds timestamps (clock skew rule).
+/// Decodes a message of `stream`'s topic. `now` bounds timestamps (clock skew rule).
 pub fn decode(
-    table: Table,
+    stream: Stream,
     value: Option<&[u8]>,
     headers: Option<&BorrowedHeaders>,
     kafka_timestamp: Timestamp,
@@ -68,11 +57,11 @@ pub fn decode(
     now: DateTime<Utc>,
 ) -> Result<Row, Refusal> {
     let envelope = Envelope::from_headers(headers).map_err(|problem: Problem| Refusal {
-        kind: "bad_headers",
+        kind: DeadLetterKind::BadHeaders,
         reason: problem.to_string(),
     })?;
     let value = value.ok_or_else(|| Refusal {
-        kind: "no_value",
+        kind: DeadLetterKind::NoValue,
         reason: "the message has no value".into(),
     })?;
     // When the producer did not say when Flowhouse received the message, the broker's timestamp
@@ -85,12 +74,12 @@ pub fn decode(
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
         })
         .unwrap_or(now);
-    Ok(match table {
-        Table::Events => {
+    Ok(match stream {
+        Stream::Events => {
             let event = parse_event(value, limits, now)?;
             Row::Event(EventRow::new(envelope.tenant, received, &event))
         }
-        Table::Logs => {
+        Stream::Logs => {
             let log = parse_log(value, limits, now)?;
             Row::Log(LogRow::new(envelope.tenant, received, &log))
         }
@@ -99,7 +88,7 @@ pub fn decode(
 
 /// [`decode`] for a consumed message.
 pub fn decode_message<M: Message>(
-    table: Table,
+    stream: Stream,
     message: &M,
     limits: &Limits,
     now: DateTime<Utc>,
@@ -108,7 +97,7 @@ where
     M::Headers: AsBorrowedHeaders,
 {
     decode(
-        table,
+        stream,
         message.payload(),
         message
             .headers()
@@ -138,11 +127,11 @@ impl AsBorrowedHeaders for rdkafka::message::OwnedHeaders {
 
 #[cfg(test)]
 mod tests {
-    use flowhouse_schema::Tenant;
     use rdkafka::message::{Header, OwnedHeaders};
     use uuid::Uuid;
 
     use super::*;
+    use crate::Tenant;
 
     fn tenant() -> Tenant {
         Tenant {
@@ -176,7 +165,7 @@ mod tests {
         };
         let owned = headers(&envelope);
         let row = decode(
-            Table::Events,
+            Stream::Events,
             Some(&event_json()),
             Some(owned.as_borrowed()),
             Timestamp::CreateTime(1_714_557_600_123),
@@ -197,7 +186,7 @@ mod tests {
     #[test]
     fn missing_headers_and_values_are_refused_with_a_reason() {
         let refusal = decode(
-            Table::Events,
+            Stream::Events,
             Some(&event_json()),
             None,
             Timestamp::NotAvailable,
@@ -205,7 +194,7 @@ mod tests {
             now(),
         )
         .unwrap_err();
-        assert_eq!(refusal.kind, "bad_headers");
+        assert_eq!(refusal.kind, DeadLetterKind::BadHeaders);
         assert_eq!(refusal.reason, "account_id: header is missing");
 
         let owned = OwnedHeaders::new()
@@ -218,7 +207,7 @@ mod tests {
                 value: Some(&tenant().workspace_id.to_string()),
             });
         let refusal = decode(
-            Table::Logs,
+            Stream::Logs,
             None,
             Some(owned.as_borrowed()),
             Timestamp::NotAvailable,
@@ -226,7 +215,7 @@ mod tests {
             now(),
         )
         .unwrap_err();
-        assert_eq!(refusal.kind, "no_value");
+        assert_eq!(refusal.kind, DeadLetterKind::NoValue);
     }
 
     #[test]
@@ -237,7 +226,7 @@ mod tests {
         };
         let owned = headers(&envelope);
         let refusal = decode(
-            Table::Logs,
+            Stream::Logs,
             Some(&event_json()),
             Some(owned.as_borrowed()),
             Timestamp::NotAvailable,
@@ -245,7 +234,7 @@ mod tests {
             now(),
         )
         .unwrap_err();
-        assert_eq!(refusal.kind, "invalid");
+        assert_eq!(refusal.kind, DeadLetterKind::Invalid);
         assert!(
             refusal.reason.contains("name: is required"),
             "{}",
