@@ -174,25 +174,28 @@ pub fn api_routes(state: AppState) -> Router {
     Router::new()
         .route(
             &format!("{base}/metrics/flow-runs"),
-            get(dashboard::flow_runs),
+            get(dashboard::handlers::flow_runs),
         )
         .route(
             &format!("{base}/metrics/late-runs"),
-            get(dashboard::late_runs),
+            get(dashboard::handlers::late_runs),
         )
         .route(
             &format!("{base}/metrics/durations"),
-            get(dashboard::durations),
+            get(dashboard::handlers::durations),
         )
         .route(
             &format!("{base}/metrics/top-failing"),
-            get(dashboard::top_failing),
+            get(dashboard::handlers::top_failing),
         )
         .route(
             &format!("{base}/metrics/task-runs"),
-            get(dashboard::task_runs),
+            get(dashboard::handlers::task_runs),
         )
-        .route(&format!("{base}/metrics/logs"), get(dashboard::logs))
+        .route(
+            &format!("{base}/metrics/logs"),
+            get(dashboard::handlers::logs),
+        )
         .route(
             &format!("{base}/events/filter"),
             post(events::filter_events),

@@ -10,12 +10,12 @@ use crate::{dashboard, events, history, logs};
 #[openapi(
     info(title = "Flowhouse query API", description = "Tenant-scoped metrics and Prefect-compatible event and log search."),
     paths(
-        dashboard::flow_runs,
-        dashboard::late_runs,
-        dashboard::durations,
-        dashboard::top_failing,
-        dashboard::task_runs,
-        dashboard::logs,
+        dashboard::handlers::flow_runs,
+        dashboard::handlers::late_runs,
+        dashboard::handlers::durations,
+        dashboard::handlers::top_failing,
+        dashboard::handlers::task_runs,
+        dashboard::handlers::logs,
         events::filter_events,
         events::next_page,
         events::count::count_by,

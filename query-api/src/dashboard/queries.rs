@@ -258,6 +258,17 @@ pub enum Group {
 }
 
 impl Group {
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        match text {
+            "flow" => Ok(Group::Flow),
+            "deployment" => Ok(Group::Deployment),
+            "work-pool" | "work_pool" => Ok(Group::WorkPool),
+            other => Err(ApiError::bad_request(format!(
+                "by must be `flow`, `deployment` or `work-pool`, not `{other}`"
+            ))),
+        }
+    }
+
     fn columns(self) -> (&'static str, &'static str) {
         match self {
             Group::Flow => ("flow", "flow_label"),
@@ -356,6 +367,37 @@ fn raw_edges(sql: &mut Sql, column: &str, window: &Window) -> String {
     }
 }
 
+/// The one shape of the rollup-backed counts: the hourly rollup for the window's whole hours
+/// and the raw table for its partial hours at both ends, as parts of a `UNION ALL`. `rollup`
+/// gets the condition on `hour` and the bucket expression of an hour; `raw` the condition on
+/// `raw_time` (the raw table's time column) and its bucket expression.
+fn rollup_and_edges(
+    sql: &mut Sql,
+    window: &Window,
+    bucket: Bucket,
+    raw_time: &str,
+    rollup: impl FnOnce(&mut Sql, &str, &str) -> String,
+    raw: impl FnOnce(&mut Sql, &str, &str) -> String,
+) -> String {
+    let mut parts = Vec::new();
+    if let Some((from, to)) = window.whole_hours() {
+        let hours = in_window(
+            sql,
+            "hour",
+            &Window {
+                since: from,
+                until: to,
+            },
+        );
+        let b = bucket_of(sql, "toInt64(toUnixTimestamp(hour)) * 1000000", bucket);
+        parts.push(rollup(sql, &hours, &b));
+    }
+    let edges = raw_edges(sql, raw_time, window);
+    let b = bucket_of(sql, &format!("toUnixTimestamp64Micro({raw_time})"), bucket);
+    parts.push(raw(sql, &edges, &b));
+    parts.join(" UNION ALL ")
+}
+
 fn column_filters(sql: &mut Sql, filters: &RunFilters) -> String {
     let mut conditions = String::new();
     for (values, column) in [
@@ -384,38 +426,33 @@ pub async fn task_runs(
         return task_runs_raw(db, tenant, window, bucket, filters).await;
     }
     let mut sql = Sql::new(tenant);
-    let mut parts = Vec::new();
-    if let Some((from, to)) = window.whole_hours() {
-        let hours = in_window(
-            &mut sql,
-            "hour",
-            &Window {
-                since: from,
-                until: to,
-            },
-        );
-        let b = bucket_of(&mut sql, "toInt64(toUnixTimestamp(hour)) * 1000000", bucket);
-        let filters = column_filters(&mut sql, filters);
-        parts.push(format!(
-            "SELECT {b} AS bucket, state_type, runs FROM task_run_states_hourly
-             WHERE {TENANT} AND {hours} AND state_type IN {TERMINAL}{filters}"
-        ));
-    }
-    let edges = raw_edges(&mut sql, "occurred", window);
-    let b = bucket_of(&mut sql, "toUnixTimestamp64Micro(occurred)", bucket);
-    let filters = column_filters(&mut sql, filters);
-    parts.push(format!(
-        "SELECT {b} AS bucket, state_type, uniqExactState(run_id) AS runs
-         FROM ({events}) WHERE state_type IN {TERMINAL}{filters}
-         GROUP BY bucket, state_type",
-        events = task_run_events(&edges)
-    ));
+    let parts = rollup_and_edges(
+        &mut sql,
+        window,
+        bucket,
+        "occurred",
+        |sql, hours, b| {
+            let filters = column_filters(sql, filters);
+            format!(
+                "SELECT {b} AS bucket, state_type, runs FROM task_run_states_hourly
+                 WHERE {TENANT} AND {hours} AND state_type IN {TERMINAL}{filters}"
+            )
+        },
+        |sql, edges, b| {
+            let filters = column_filters(sql, filters);
+            format!(
+                "SELECT {b} AS bucket, state_type, uniqExactState(run_id) AS runs
+                 FROM ({events}) WHERE state_type IN {TERMINAL}{filters}
+                 GROUP BY bucket, state_type",
+                events = task_run_events(edges)
+            )
+        },
+    );
     sql.push(&format!(
         "SELECT toUInt8(grouping(bucket)) AS total_row, bucket, state_type,
                 toUInt64(uniqExactMerge(runs)) AS runs
          FROM ({parts})
-         GROUP BY GROUPING SETS ((bucket, state_type), (state_type))",
-        parts = parts.join(" UNION ALL ")
+         GROUP BY GROUPING SETS ((bucket, state_type), (state_type))"
     ));
     db.fetch("task_runs", &sql).await
 }
@@ -482,38 +519,33 @@ pub async fn log_counts(
         let runs = runs(&mut sql, filters, &[]);
         format!(" AND toString(flow_run_id) IN (SELECT flow_run_id FROM ({runs}))")
     };
-    let mut parts = Vec::new();
-    if let Some((from, to)) = window.whole_hours() {
-        let hours = in_window(
-            &mut sql,
-            "hour",
-            &Window {
-                since: from,
-                until: to,
-            },
-        );
-        let b = bucket_of(&mut sql, "toInt64(toUnixTimestamp(hour)) * 1000000", bucket);
-        parts.push(format!(
-            "SELECT {b} AS bucket, level, toUInt64(logs) AS lines FROM log_counts_hourly
-             WHERE {TENANT} AND {hours}{run_condition}"
-        ));
-    }
-    let edges = raw_edges(&mut sql, "timestamp", window);
-    let b = bucket_of(&mut sql, "toUnixTimestamp64Micro(timestamp)", bucket);
     let raw_run_condition = if filters.is_empty() {
         String::new()
     } else {
         format!(" AND isNotNull(flow_run_id){run_condition}")
     };
-    parts.push(format!(
-        "SELECT {b} AS bucket, level, count() AS lines FROM logs
-         WHERE {TENANT} AND {edges}{raw_run_condition}
-         GROUP BY bucket, level"
-    ));
+    let parts = rollup_and_edges(
+        &mut sql,
+        window,
+        bucket,
+        "timestamp",
+        |_, hours, b| {
+            format!(
+                "SELECT {b} AS bucket, level, toUInt64(logs) AS lines FROM log_counts_hourly
+                 WHERE {TENANT} AND {hours}{run_condition}"
+            )
+        },
+        |_, edges, b| {
+            format!(
+                "SELECT {b} AS bucket, level, count() AS lines FROM logs
+                 WHERE {TENANT} AND {edges}{raw_run_condition}
+                 GROUP BY bucket, level"
+            )
+        },
+    );
     sql.push(&format!(
         "SELECT bucket, level, toUInt64(sum(lines)) AS lines FROM ({parts})
-         GROUP BY bucket, level",
-        parts = parts.join(" UNION ALL ")
+         GROUP BY bucket, level"
     ));
     db.fetch("log_counts", &sql).await
 }

@@ -37,25 +37,19 @@ const MAX_VALUE_BYTES: usize = 10_000;
 const MAX_VALUES: usize = 1_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventFilter {
     #[serde(default, deserialize_with = "null_as_default")]
     pub occurred: OccurredFilter,
-    #[serde(default)]
     pub event: Option<EventNameFilter>,
-    #[serde(default)]
     pub resource: Option<ResourceFilter>,
     /// One filter or a list of filters, all of which must hold.
-    #[serde(default)]
     #[schema(value_type = Option<Vec<RelatedFilter>>)]
     pub related: Option<OneOrMany<RelatedFilter>>,
     /// One filter or a list of filters, all of which must hold.
-    #[serde(default)]
     #[schema(value_type = Option<Vec<AnyResourceFilter>>)]
     pub any_resource: Option<OneOrMany<AnyResourceFilter>>,
-    #[serde(default)]
     pub id: Option<IdFilter>,
-    #[serde(default)]
     pub text: Option<TextFilter>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub order: Order,
@@ -70,37 +64,28 @@ where
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OccurredFilter {
     /// Inclusive.
-    #[serde(default)]
     pub since: Option<DateTime<Utc>>,
     /// Inclusive.
-    #[serde(default)]
     pub until: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventNameFilter {
-    #[serde(default)]
     pub prefix: Option<Vec<String>>,
-    #[serde(default)]
     pub exclude_prefix: Option<Vec<String>>,
-    #[serde(default)]
     pub name: Option<Vec<String>>,
-    #[serde(default)]
     pub exclude_name: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ResourceFilter {
-    #[serde(default)]
     pub id: Option<Vec<String>>,
-    #[serde(default)]
     pub id_prefix: Option<Vec<String>>,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub labels: Option<ResourceSpecification>,
     /// One event per resource: the latest (`DESC`) or the earliest (`ASC`).
@@ -109,36 +94,28 @@ pub struct ResourceFilter {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelatedFilter {
-    #[serde(default)]
     pub id: Option<Vec<String>>,
-    #[serde(default)]
     pub role: Option<Vec<String>>,
     /// `[resource id, role]` pairs.
-    #[serde(default)]
     pub resources_in_roles: Option<Vec<(String, String)>>,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub labels: Option<ResourceSpecification>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AnyResourceFilter {
-    #[serde(default)]
     pub id: Option<Vec<String>>,
-    #[serde(default)]
     pub id_prefix: Option<Vec<String>>,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub labels: Option<ResourceSpecification>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct IdFilter {
-    #[serde(default)]
     pub id: Option<Vec<Uuid>>,
 }
 

@@ -31,209 +31,152 @@ use crate::window::micros;
 type Unsupported = Option<serde_json::Value>;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct IdFilter {
-    #[serde(default)]
     pub any_: Option<Vec<Uuid>>,
-    #[serde(default)]
     pub not_any_: Option<Vec<Uuid>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AnyIdFilter {
-    #[serde(default)]
     pub any_: Option<Vec<Uuid>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct NameFilter {
-    #[serde(default)]
     pub any_: Option<Vec<String>>,
-    #[serde(default)]
     pub like_: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AnyNameFilter {
-    #[serde(default)]
     pub any_: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LikeFilter {
-    #[serde(default)]
     pub like_: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TagsFilter {
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub all_: Option<Vec<String>>,
-    #[serde(default)]
     pub any_: Option<Vec<String>>,
-    #[serde(default)]
     pub is_null_: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeploymentIdFilter {
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub any_: Option<Vec<Uuid>>,
-    #[serde(default)]
     pub is_null_: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AnyOrNotFilter {
-    #[serde(default)]
     pub any_: Option<Vec<String>>,
-    #[serde(default)]
     pub not_any_: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StateFilter {
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub r#type: Option<AnyOrNotFilter>,
-    #[serde(default)]
     pub name: Option<AnyOrNotFilter>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TimeFilter {
-    #[serde(default)]
     pub before_: Option<DateTime<Utc>>,
-    #[serde(default)]
     pub after_: Option<DateTime<Utc>>,
-    #[serde(default)]
     pub is_null_: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TimeRangeFilter {
-    #[serde(default)]
     pub before_: Option<DateTime<Utc>>,
-    #[serde(default)]
     pub after_: Option<DateTime<Utc>>,
 }
 
 /// Prefect's `FlowFilter`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FlowFilter {
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub id: Option<IdFilter>,
-    #[serde(default)]
     pub name: Option<NameFilter>,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub deployment: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub tags: Unsupported,
 }
 
 /// Prefect's `FlowRunFilter`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FlowRunFilter {
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub id: Option<IdFilter>,
-    #[serde(default)]
     pub name: Option<NameFilter>,
-    #[serde(default)]
     pub tags: Option<TagsFilter>,
-    #[serde(default)]
     pub deployment_id: Option<DeploymentIdFilter>,
-    #[serde(default)]
     pub state: Option<StateFilter>,
-    #[serde(default)]
     pub start_time: Option<TimeFilter>,
-    #[serde(default)]
     pub end_time: Option<TimeFilter>,
-    #[serde(default)]
     pub expected_start_time: Option<TimeRangeFilter>,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub work_queue_name: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub flow_version: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub next_scheduled_start_time: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parent_flow_run_id: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parent_task_run_id: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub idempotency_key: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub created_by: Unsupported,
 }
 
 /// Prefect's `DeploymentFilter`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeploymentFilter {
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub id: Option<IdFilter>,
-    #[serde(default)]
     pub name: Option<NameFilter>,
-    #[serde(default)]
     pub flow_or_deployment_name: Option<LikeFilter>,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub paused: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub tags: Unsupported,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub work_queue_name: Unsupported,
     /// Deprecated in Prefect, which accepts and ignores it; so does Flowhouse.
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub concurrency_limit: Option<serde_json::Value>,
 }
 
 /// Prefect's `WorkPoolFilter`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WorkPoolFilter {
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub id: Option<AnyIdFilter>,
-    #[serde(default)]
     pub name: Option<AnyNameFilter>,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub r#type: Unsupported,
 }

@@ -27,56 +27,43 @@ use crate::window::micros;
 const SEARCHABLE_TEXT: &str = "concat(message, ' ', name)";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogFilter {
     /// `and_` (default) or `or_`: how the criteria below combine.
-    #[serde(default)]
     pub operator: Option<Operator>,
-    #[serde(default)]
     pub level: Option<LevelFilter>,
-    #[serde(default)]
     pub timestamp: Option<TimestampFilter>,
-    #[serde(default)]
     pub flow_run_id: Option<FlowRunIdFilter>,
-    #[serde(default)]
     pub task_run_id: Option<TaskRunIdFilter>,
-    #[serde(default)]
     pub text: Option<TextFilter>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LevelFilter {
-    #[serde(default)]
     pub ge_: Option<i64>,
-    #[serde(default)]
     pub le_: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TimestampFilter {
     /// Inclusive.
-    #[serde(default)]
     pub before_: Option<DateTime<Utc>>,
     /// Inclusive.
-    #[serde(default)]
     pub after_: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FlowRunIdFilter {
-    #[serde(default)]
     pub any_: Option<Vec<Uuid>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TaskRunIdFilter {
-    #[serde(default)]
     pub any_: Option<Vec<Uuid>>,
-    #[serde(default)]
     pub is_null_: Option<bool>,
 }
 
