@@ -36,6 +36,7 @@ pub enum Command {
     /// Manage tenant API keys.
     Keys(flowhouse_keys::cli::Args),
     /// Generate a workload, drive it through Flowhouse and report what was measured.
+    #[cfg(feature = "loadtest")]
     Loadtest(flowhouse_loadtest::Args),
 }
 
@@ -48,6 +49,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Endpoint(args) => flowhouse_endpoint::run(args).await,
         Command::QueryApi(args) => flowhouse_query_api::run(args).await,
         Command::Keys(args) => flowhouse_keys::cli::run(args),
+        #[cfg(feature = "loadtest")]
         Command::Loadtest(args) => flowhouse_loadtest::run(args).await,
     }
 }

@@ -9,6 +9,19 @@ use flowhouse_schema::event::Limits;
 use flowhouse_service::http::PublicApiArgs;
 use flowhouse_service::kafka::KafkaArgs;
 
+/// The defaults, in one place: the flags' and [`Args::new`]'s (a test checks the duration
+/// strings of the flags against these).
+mod defaults {
+    use std::time::Duration;
+
+    pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+    pub const RATE_LIMIT: f64 = 10_000.0;
+    pub const RATE_BURST: f64 = 100_000.0;
+    pub const MAX_IN_FLIGHT: usize = 200_000;
+    pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
 /// Flags of `flowhouse endpoint`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -34,14 +47,14 @@ pub struct Args {
     #[arg(
         long,
         env = "FLOWHOUSE_ENDPOINT_MAX_BODY_BYTES",
-        default_value_t = 10 * 1024 * 1024
+        default_value_t = defaults::MAX_BODY_BYTES
     )]
     pub max_body_bytes: usize,
     /// Events (and log lines) per second each workspace may send; 0 turns the limit off.
     #[arg(
         long,
         env = "FLOWHOUSE_ENDPOINT_RATE_LIMIT",
-        default_value_t = 10_000.0
+        default_value_t = defaults::RATE_LIMIT
     )]
     pub rate_limit: f64,
     /// How many events a workspace may send at once above its rate (the token bucket's size).
@@ -49,7 +62,7 @@ pub struct Args {
     #[arg(
         long,
         env = "FLOWHOUSE_ENDPOINT_RATE_BURST",
-        default_value_t = 100_000.0
+        default_value_t = defaults::RATE_BURST
     )]
     pub rate_burst: f64,
     /// Messages handed to the producer but not yet acknowledged by Kafka, at most. Over it,
@@ -57,7 +70,7 @@ pub struct Args {
     #[arg(
         long,
         env = "FLOWHOUSE_ENDPOINT_MAX_IN_FLIGHT",
-        default_value_t = 200_000
+        default_value_t = defaults::MAX_IN_FLIGHT
     )]
     pub max_in_flight: usize,
     /// How long the producer keeps retrying a message before giving up on it (a 503 for HTTP,
@@ -146,12 +159,12 @@ impl Args {
             limits: EventLimitArgs::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4200)),
             keys_file,
-            max_body_bytes: 10 * 1024 * 1024,
-            rate_limit: 10_000.0,
-            rate_burst: 100_000.0,
-            max_in_flight: 200_000,
-            delivery_timeout: Duration::from_secs(30),
-            auth_timeout: Duration::from_secs(10),
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            rate_limit: defaults::RATE_LIMIT,
+            rate_burst: defaults::RATE_BURST,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            delivery_timeout: defaults::DELIVERY_TIMEOUT,
+            auth_timeout: defaults::AUTH_TIMEOUT,
         }
     }
 }

@@ -12,6 +12,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
 
+use crate::telemetry;
+
 /// How long a client is told to wait when Kafka is down, and when the queue is merely full.
 pub(crate) const RETRY_WHEN_DOWN: Duration = Duration::from_secs(5);
 pub(crate) const RETRY_WHEN_FULL: Duration = Duration::from_secs(1);
@@ -29,6 +31,9 @@ pub struct ItemProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A key refused: 401 or 403, as `flowhouse_keys` maps it.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// No key, or a key nobody issued (or since revoked).
     #[error("{0}")]
     Unauthorized(String),
@@ -60,15 +65,6 @@ pub enum ApiError {
         detail: String,
         retry_after: Duration,
     },
-}
-
-impl From<AuthError> for ApiError {
-    fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::Missing | AuthError::Unknown => ApiError::Unauthorized(error.to_string()),
-            AuthError::Forbidden(reason) => ApiError::Forbidden(reason),
-        }
-    }
 }
 
 /// What a Kafka error means for the client: only an oversized message is the client's fault;
@@ -112,6 +108,7 @@ struct Body<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Auth(error) => error.status(),
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -134,7 +131,10 @@ impl ApiError {
     /// The websocket close code for the same failure (RFC 6455 section 7.4.1).
     pub fn close_code(&self) -> u16 {
         match self {
-            ApiError::Unauthorized(_) | ApiError::Forbidden(_) | ApiError::NotFound(_) => 1008,
+            ApiError::Auth(_)
+            | ApiError::Unauthorized(_)
+            | ApiError::Forbidden(_)
+            | ApiError::NotFound(_) => 1008,
             ApiError::BadRequest(_) | ApiError::Invalid { .. } => 1007,
             ApiError::TooLarge(_) => 1009,
             // "Try again later": the client should reconnect and resend what was not ponged.
@@ -146,8 +146,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        metrics::counter!("flowhouse_endpoint_refused_total", "status" => status.as_str().to_owned())
-            .increment(1);
+        metrics::counter!(telemetry::REFUSED, "status" => status.as_str().to_owned()).increment(1);
         let detail = self.to_string();
         let problems: &[ItemProblem] = match &self {
             ApiError::Invalid { problems, .. } => {

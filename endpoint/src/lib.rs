@@ -23,6 +23,7 @@ pub mod error;
 pub mod producer;
 pub mod ratelimit;
 pub mod routes;
+pub mod telemetry;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -89,6 +90,7 @@ impl App {
     pub async fn start(args: &Args, readiness: Readiness) -> anyhow::Result<Self> {
         // Installs the Prometheus recorder before the first counter is touched.
         flowhouse_service::telemetry::metrics_handle();
+        telemetry::describe();
         let public = args.public.build()?;
         let limits = args.limits.limits()?;
         let keys = Keys::load(&args.keys_file)?;

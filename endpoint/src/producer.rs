@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Args;
 use crate::error::{ApiError, RETRY_WHEN_DOWN, RETRY_WHEN_FULL};
+use crate::telemetry;
 
 /// Readiness component name in `/readyz`.
 pub const KAFKA: &str = "kafka";
@@ -331,16 +332,14 @@ pub struct Permit {
 
 impl Permit {
     fn new(permit: OwnedSemaphorePermit) -> Self {
-        metrics::gauge!("flowhouse_endpoint_in_flight_messages")
-            .increment(permit.num_permits() as f64);
+        metrics::gauge!(telemetry::IN_FLIGHT).increment(permit.num_permits() as f64);
         Self { _permit: permit }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        metrics::gauge!("flowhouse_endpoint_in_flight_messages")
-            .decrement(self._permit.num_permits() as f64);
+        metrics::gauge!(telemetry::IN_FLIGHT).decrement(self._permit.num_permits() as f64);
     }
 }
 
@@ -356,7 +355,12 @@ impl Future for Delivery {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let outcome = futures::ready!(self.future.poll_unpin(cx));
-        metrics::histogram!("flowhouse_endpoint_delivery_seconds")
+        let label = if matches!(outcome, Ok(Ok(_))) {
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::histogram!(telemetry::DELIVERY_SECONDS, "outcome" => label)
             .record(self.started.elapsed().as_secs_f64());
         Poll::Ready(match outcome {
             Ok(Ok(_)) => {

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::Shared;
 use crate::batch::{read_body, split_and_validate};
 use crate::error::ApiError;
+use crate::telemetry;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -144,9 +145,9 @@ async fn ingest(
     }
     futures::future::try_join_all(deliveries).await?;
 
-    metrics::counter!("flowhouse_endpoint_accepted_total", "kind" => stream.plural(), "transport" => "http")
+    metrics::counter!(telemetry::ACCEPTED, "kind" => stream.plural(), "transport" => "http")
         .increment(items.len() as u64);
-    metrics::histogram!("flowhouse_endpoint_request_seconds", "kind" => stream.plural())
+    metrics::histogram!(telemetry::REQUEST_SECONDS, "kind" => stream.plural())
         .record(started.elapsed().as_secs_f64());
     Ok(())
 }

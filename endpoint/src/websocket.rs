@@ -48,6 +48,7 @@ use crate::batch::validate;
 use crate::error::ApiError;
 use crate::producer::{Delivery, Permit};
 use crate::routes::{WorkspacePath, request_key, workspace_ids};
+use crate::telemetry;
 
 /// Room for the largest valid event; larger messages close the socket (1009).
 const MESSAGE_SLACK: usize = 64 * 1024;
@@ -77,9 +78,9 @@ pub(crate) async fn upgrade(
         .max_frame_size(max_message)
         .on_upgrade(move |socket| async move {
             let _open = open;
-            metrics::gauge!("flowhouse_endpoint_websockets").increment(1);
+            metrics::gauge!(telemetry::WEBSOCKETS).increment(1);
             serve(shared, socket, path, tenant).await;
-            metrics::gauge!("flowhouse_endpoint_websockets").decrement(1);
+            metrics::gauge!(telemetry::WEBSOCKETS).decrement(1);
         }))
 }
 
@@ -276,7 +277,7 @@ impl Session {
             Err(rejection) => {
                 let reason = rejection.to_string();
                 tracing::info!(tenant = %self.tenant, reason, "invalid event on a websocket; dead-lettered");
-                metrics::counter!("flowhouse_endpoint_dead_lettered_total").increment(1);
+                metrics::counter!(telemetry::DEAD_LETTERED).increment(1);
                 headers = headers
                     .insert(Header {
                         key: header::DLQ_REASON,
@@ -297,7 +298,7 @@ impl Session {
                         delivery,
                         _permit: permit,
                     });
-                    metrics::counter!("flowhouse_endpoint_accepted_total", "kind" => "events", "transport" => "websocket")
+                    metrics::counter!(telemetry::ACCEPTED, "kind" => "events", "transport" => "websocket")
                         .increment(1);
                     return Ok(());
                 }

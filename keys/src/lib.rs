@@ -76,6 +76,17 @@ pub enum AuthError {
     Forbidden(String),
 }
 
+impl AuthError {
+    /// The one mapping of a refusal to HTTP, shared by every service: 401 when the caller is
+    /// not known (no key, unknown or revoked key), 403 when a known key may not do this.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            AuthError::Missing | AuthError::Unknown => http::StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => http::StatusCode::FORBIDDEN,
+        }
+    }
+}
+
 /// The hash a key is stored and looked up by.
 pub fn key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))

@@ -25,6 +25,7 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::telemetry;
 use crate::window::{Bucket, floor_to, now_micros};
 
 /// What identifies a cached answer.
@@ -174,9 +175,9 @@ impl ResponseCache {
                 Ok::<_, ApiError>(Arc::new(Entry::new(body, ttl)))
             }
         };
-        metrics::gauge!("flowhouse_query_cache_waiting").increment(1.0);
+        metrics::gauge!(telemetry::CACHE_WAITING).increment(1.0);
         let result = cache.try_get_with(key, loader).await;
-        metrics::gauge!("flowhouse_query_cache_waiting").decrement(1.0);
+        metrics::gauge!(telemetry::CACHE_WAITING).decrement(1.0);
         let entry = result.map_err(|error| (*error).clone())?;
         let outcome = if ran.load(Ordering::SeqCst) {
             Outcome::Miss
@@ -184,18 +185,18 @@ impl ResponseCache {
             Outcome::Coalesced
         };
         record(route, outcome);
-        metrics::gauge!("flowhouse_query_cache_bytes").set(cache.weighted_size() as f64);
+        metrics::gauge!(telemetry::CACHE_BYTES).set(cache.weighted_size() as f64);
         Ok((entry, outcome))
     }
 }
 
 fn record(route: &'static str, outcome: Outcome) {
-    metrics::counter!("flowhouse_query_cache_requests_total", "route" => route, "result" => outcome.label())
+    metrics::counter!(telemetry::CACHE_REQUESTS, "route" => route, "result" => outcome.label())
         .increment(1);
 }
 
 fn record_load(route: &'static str, started: Instant) {
-    metrics::histogram!("flowhouse_query_cache_load_seconds", "route" => route)
+    metrics::histogram!(telemetry::CACHE_LOAD_SECONDS, "route" => route)
         .record(started.elapsed().as_secs_f64());
 }
 

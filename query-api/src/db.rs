@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+use crate::telemetry;
 
 /// The placeholders every query must contain: the tenant comes from the checked path, never
 /// from anywhere else, and is never optional.
@@ -131,7 +132,7 @@ impl Db {
             .await
             .map_err(|_| ApiError::Busy)?
             .map_err(|_| ApiError::Internal)?;
-        metrics::counter!("flowhouse_query_clickhouse_queries_total", "query" => kind).increment(1);
+        metrics::counter!(telemetry::CLICKHOUSE_QUERIES, "query" => kind).increment(1);
         tracing::debug!(kind, sql = %sql.text, "ClickHouse query");
         let started = std::time::Instant::now();
         let mut query = self
@@ -147,12 +148,11 @@ impl Db {
             query = query.param(name, value);
         }
         let result = query.fetch_all::<T>().await;
-        metrics::histogram!("flowhouse_query_clickhouse_seconds", "query" => kind)
+        metrics::histogram!(telemetry::CLICKHOUSE_SECONDS, "query" => kind)
             .record(started.elapsed().as_secs_f64());
         result.map_err(|error| {
             let text = error.to_string();
-            metrics::counter!("flowhouse_query_clickhouse_errors_total", "query" => kind)
-                .increment(1);
+            metrics::counter!(telemetry::CLICKHOUSE_ERRORS, "query" => kind).increment(1);
             if text.contains("Code: 159.") || text.contains("TIMEOUT_EXCEEDED") {
                 tracing::warn!(kind, error = %text, "query stopped at max_execution_time");
                 ApiError::Timeout(self.limits.max_execution_secs)

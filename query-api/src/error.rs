@@ -11,6 +11,9 @@ use serde_json::json;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A key refused: 401 or 403, as `flowhouse_keys` maps it.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// No key, or a key nobody issued (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -42,6 +45,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Auth(error) => error.status(),
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -60,15 +64,6 @@ impl ApiError {
 
     pub fn unprocessable(message: impl Into<String>) -> Self {
         ApiError::Unprocessable(message.into())
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::Missing | AuthError::Unknown => ApiError::Unauthorized(error.to_string()),
-            AuthError::Forbidden(message) => ApiError::Forbidden(message),
-        }
     }
 }
 

@@ -28,6 +28,7 @@ pub mod live;
 pub mod logs;
 pub mod openapi;
 pub mod request;
+pub mod telemetry;
 pub mod text_search;
 pub mod window;
 
@@ -90,15 +91,15 @@ impl AppState {
             client,
             settings.max_concurrent_queries,
             DbLimits {
-                max_execution_secs: settings.query_timeout_secs,
-                queue_timeout: Duration::from_secs(settings.queue_timeout_secs),
+                max_execution_secs: settings.query_timeout.as_secs().max(1),
+                queue_timeout: settings.queue_timeout,
             },
         );
         let cache = ResponseCache::new(CachePolicy {
             max_bytes: settings.cache_bytes,
-            fresh_ttl: Duration::from_secs(settings.cache_fresh_secs),
-            settled_ttl: Duration::from_secs(settings.cache_settled_secs),
-            settle: Duration::from_secs(settings.cache_settle_secs),
+            fresh_ttl: settings.cache_fresh,
+            settled_ttl: settings.cache_settled,
+            settle: settings.cache_settle,
         });
         Self {
             db,
@@ -170,6 +171,7 @@ pub fn router(state: AppState, readiness: Readiness) -> Router {
 pub fn api_routes(state: AppState) -> Router {
     // Install the Prometheus recorder before the first metric is recorded.
     let _ = flowhouse_service::telemetry::metrics_handle();
+    telemetry::describe();
     let base = WORKSPACE_BASE;
     Router::new()
         .route(
@@ -253,8 +255,12 @@ pub async fn start(
         client.clone(),
         readiness.clone(),
     )));
-    let mut state = AppState::new(client, keys, &args.page_token_secret, args.limits.clone())
-        .with_public(public);
+    let mut settings = args.limits.clone();
+    for warning in settings.apply_renamed(|name| std::env::var(name).ok()) {
+        tracing::warn!("{warning}");
+    }
+    let mut state =
+        AppState::new(client, keys, &args.page_token_secret, settings).with_public(public);
     if args.live.live_feed {
         let (feed, task) = live::Feed::start(&args.live).await?;
         tasks.push(AbortOnDropHandle::new(task));

@@ -19,7 +19,7 @@ async fn identical_concurrent_misses_make_one_clickhouse_query() {
         1,
         Settings {
             max_concurrent_queries: 2,
-            queue_timeout_secs: 600,
+            queue_timeout: std::time::Duration::from_secs(600),
             ..Settings::default()
         },
     )

@@ -133,6 +133,8 @@ pub fn flowhouse_binary() -> PathBuf {
         .get_or_init(|| {
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "--quiet", "-p", "flowhouse", "--bin", "flowhouse"])
+                // The tests drive `flowhouse loadtest` too.
+                .args(["--features", "loadtest"])
                 .current_dir(workspace_root())
                 .status()
                 .expect("run cargo build");

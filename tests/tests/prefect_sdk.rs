@@ -83,7 +83,7 @@ impl Served {
                 format!("{}/{}", tenant.account_id, tenant.workspace_id),
             ),
             ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "200ms".into()),
-            ("FLOWHOUSE_QUERY_CACHE_FRESH_SECS", "1".into()),
+            ("FLOWHOUSE_QUERY_CACHE_FRESH", "1s".into()),
         ]);
         let process = ServiceProcess::start(&["serve"], &env);
         let served = Self {

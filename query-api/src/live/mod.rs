@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 pub use socket::{events_out, logs_out};
 
 use crate::config::LiveArgs;
+use crate::telemetry;
 
 /// A decoded item, shared by every subscriber it goes to.
 #[derive(Debug)]
@@ -85,7 +86,7 @@ impl Drop for Subscription {
                 by_tenant.remove(&self.tenant);
             }
         }
-        metrics::gauge!("flowhouse_query_live_subscribers").decrement(1);
+        metrics::gauge!(telemetry::LIVE_SUBSCRIBERS).decrement(1);
     }
 }
 
@@ -164,12 +165,12 @@ impl Feed {
     async fn pump(self, consumer: Arc<StreamConsumer>, by_topic: HashMap<String, Stream>) {
         // Ingest's limits: the feed shows what ingest will store, whatever the endpoint checked.
         let limits = Limits::default();
-        metrics::gauge!("flowhouse_query_live_feed_up").set(1.0);
+        metrics::gauge!(telemetry::LIVE_FEED_UP).set(1.0);
         loop {
             let message = match consumer.recv().await {
                 Ok(message) => message,
                 Err(error) => {
-                    metrics::counter!("flowhouse_query_live_feed_errors_total").increment(1);
+                    metrics::counter!(telemetry::LIVE_FEED_ERRORS).increment(1);
                     tracing::warn!(%error, "live feed: Kafka error; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
@@ -208,7 +209,7 @@ impl Feed {
                 sender,
                 lagged: lagged.clone(),
             });
-        metrics::gauge!("flowhouse_query_live_subscribers").increment(1);
+        metrics::gauge!(telemetry::LIVE_SUBSCRIBERS).increment(1);
         Subscription {
             receiver,
             lagged,
@@ -235,7 +236,7 @@ impl Feed {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     subscriber.lagged.store(true, Ordering::Relaxed);
-                    metrics::counter!("flowhouse_query_live_lagged_total").increment(1);
+                    metrics::counter!(telemetry::LIVE_LAGGED).increment(1);
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
