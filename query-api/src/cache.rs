@@ -88,6 +88,20 @@ pub struct CachePolicy {
     pub settle: Duration,
 }
 
+impl CachePolicy {
+    /// [`ResponseCache::ttl_for`] at `now` (µs): settled once the window ended at least the
+    /// settling time before the start of the open bucket, fresh otherwise.
+    pub fn ttl_at(&self, now: i64, window_end: i64, bucket: Bucket) -> Duration {
+        let open_bucket_start = floor_to(now, bucket.micros());
+        let settle = i64::try_from(self.settle.as_micros()).unwrap_or(i64::MAX);
+        if window_end <= open_bucket_start.saturating_sub(settle) {
+            self.settled_ttl
+        } else {
+            self.fresh_ttl.min(self.settled_ttl)
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ResponseCache {
     cache: Option<Cache<CacheKey, Arc<Entry>>>,
@@ -132,14 +146,7 @@ impl ResponseCache {
     /// The life of an answer about data up to `window_end` (µs): long when every bucket it
     /// covers closed more than the settling time ago, otherwise the freshness.
     pub fn ttl_for(&self, window_end: i64, bucket: Bucket) -> Duration {
-        let now = now_micros();
-        let open_bucket_start = floor_to(now, bucket.micros());
-        let settle = i64::try_from(self.policy.settle.as_micros()).unwrap_or(i64::MAX);
-        if window_end <= open_bucket_start.saturating_sub(settle) {
-            self.policy.settled_ttl
-        } else {
-            self.policy.fresh_ttl.min(self.policy.settled_ttl)
-        }
+        self.policy.ttl_at(now_micros(), window_end, bucket)
     }
 
     /// The cached answer for `key`, or the one `load` produces (run once however many requests
@@ -236,4 +243,49 @@ pub fn respond(entry: &Entry, method: &Method, headers: &HeaderMap) -> Response 
         .headers_mut()
         .insert(header::CACHE_CONTROL, cache_control);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000_000;
+    const MINUTE: i64 = 60_000_000;
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            max_bytes: 1 << 20,
+            fresh_ttl: Duration::from_secs(10),
+            settled_ttl: Duration::from_secs(3600),
+            settle: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn only_windows_that_ended_a_settling_time_before_the_open_bucket_live_long() {
+        let p = policy();
+        let now = 100 * HOUR + 30 * MINUTE; // in the open hour [100h, 101h)
+        let settled = Duration::from_secs(3600);
+        let fresh = Duration::from_secs(10);
+        assert_eq!(
+            p.ttl_at(now, 100 * HOUR - 10 * MINUTE, Bucket::Hour),
+            settled
+        );
+        assert_eq!(
+            p.ttl_at(now, 100 * HOUR - 10 * MINUTE + 1, Bucket::Hour),
+            fresh
+        );
+        assert_eq!(p.ttl_at(now, 101 * HOUR, Bucket::Hour), fresh);
+        // Day buckets: the open bucket is today, so yesterday's last hours are still fresh.
+        assert_eq!(p.ttl_at(now, 100 * HOUR - HOUR, Bucket::Day), fresh);
+        assert_eq!(p.ttl_at(now, 96 * HOUR - 10 * MINUTE, Bucket::Day), settled);
+        // A freshness longer than the settled life never outlives it.
+        let odd = CachePolicy {
+            fresh_ttl: Duration::from_secs(7200),
+            ..policy()
+        };
+        assert_eq!(odd.ttl_at(now, 101 * HOUR, Bucket::Hour), settled);
+        // Extreme inputs do not overflow.
+        assert_eq!(p.ttl_at(i64::MIN, i64::MIN, Bucket::Day), settled);
+    }
 }

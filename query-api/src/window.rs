@@ -65,12 +65,18 @@ impl Window {
     }
 }
 
+/// The multiple of `width` at or before `micros`; saturates at the ends of `i64` (dates there
+/// are refused before they get here, but arithmetic on inputs never overflows).
 pub fn floor_to(micros: i64, width: i64) -> i64 {
-    micros.div_euclid(width) * width
+    micros.saturating_sub(micros.rem_euclid(width))
 }
 
+/// The multiple of `width` at or after `micros`, saturating like [`floor_to`].
 pub fn ceil_to(micros: i64, width: i64) -> i64 {
-    -floor_to(-micros, width)
+    match micros.rem_euclid(width) {
+        0 => micros,
+        r => micros.saturating_add(width - r),
+    }
 }
 
 pub fn micros(time: DateTime<Utc>) -> i64 {
@@ -166,5 +172,8 @@ mod tests {
         assert_eq!(floor_to(-1, 10), -10);
         assert_eq!(ceil_to(-1, 10), 0);
         assert_eq!(ceil_to(11, 10), 20);
+        assert_eq!(floor_to(i64::MIN, 7), i64::MIN);
+        assert_eq!(ceil_to(i64::MAX, 7), i64::MAX);
+        assert_eq!(ceil_to(i64::MIN, 7) % 7, 0);
     }
 }
