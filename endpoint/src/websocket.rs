@@ -52,6 +52,8 @@ use crate::telemetry;
 
 /// Room for the largest valid event; larger messages close the socket (1009).
 const MESSAGE_SLACK: usize = 64 * 1024;
+/// How often an open socket's key is checked again (revocation takes effect within this).
+const RECHECK_KEY: Duration = Duration::from_secs(2);
 
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
@@ -61,7 +63,7 @@ pub(crate) async fn upgrade(
 ) -> Result<Response, ApiError> {
     // Cloud style: checked before upgrading, so a bad key is a plain 401/403.
     let tenant = match request_key(&headers) {
-        Some(key) => Some(shared.authorize(Some(&key), &path)?),
+        Some(key) => Some((shared.authorize(Some(&key), &path)?, key)),
         None => {
             // Self-hosted style: the key comes in the first message; the path must still
             // name a workspace.
@@ -88,13 +90,13 @@ async fn serve(
     shared: Arc<Shared>,
     mut socket: WebSocket,
     path: (String, String),
-    tenant: Option<Tenant>,
+    tenant: Option<(Tenant, String)>,
 ) {
     let cloud_style = tenant.is_some();
-    let tenant = match tenant {
-        Some(tenant) => tenant,
+    let (tenant, key) = match tenant {
+        Some(known) => known,
         None => match handshake(&shared, &mut socket, &path).await {
-            Ok(tenant) => tenant,
+            Ok(known) => known,
             Err(Some(error)) => {
                 close(&mut socket, &error).await;
                 return;
@@ -105,6 +107,7 @@ async fn serve(
     let mut session = Session {
         shared,
         tenant,
+        key,
         path,
         pending: FuturesUnordered::new(),
         may_auth: cloud_style,
@@ -161,7 +164,7 @@ async fn handshake(
     shared: &Shared,
     socket: &mut WebSocket,
     path: &(String, String),
-) -> Result<Tenant, Option<ApiError>> {
+) -> Result<(Tenant, String), Option<ApiError>> {
     let token = match read_opening(socket, shared.auth_timeout).await {
         Opening::Auth(token) => token,
         Opening::NotAuth => {
@@ -182,7 +185,11 @@ async fn handshake(
         .send(Message::text(AUTH_SUCCESS))
         .await
         .map_err(|_| None)?;
-    Ok(tenant)
+    let key = token
+        .as_deref()
+        .map(key_from_auth_string)
+        .unwrap_or_default();
+    Ok((tenant, key.to_string()))
 }
 
 /// The tenant of an auth message's token; a socket without any key is told which Prefect
@@ -205,6 +212,9 @@ async fn close(socket: &mut WebSocket, error: &ApiError) {
 struct Session {
     shared: Arc<Shared>,
     tenant: Tenant,
+    /// The key that opened the socket, checked again every few seconds: a revoked key's
+    /// socket closes (1008) rather than writing on.
+    key: String,
     path: (String, String),
     /// Deliveries of the events received so far, until they resolve.
     pending: FuturesUnordered<Pending>,
@@ -214,6 +224,9 @@ struct Session {
 
 impl Session {
     async fn pump(&mut self, socket: &mut WebSocket) -> End {
+        let mut recheck = tokio::time::interval(RECHECK_KEY);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.tick().await;
         loop {
             let message = tokio::select! {
                 biased;
@@ -224,6 +237,14 @@ impl Session {
                     }
                 }
                 () = self.shared.closing.cancelled() => return End::Closing,
+                _ = recheck.tick() => {
+                    // Safe to close here: a pong is only ever queued after every earlier
+                    // delivery resolved (see the module's notes).
+                    match self.shared.authorize(Some(&self.key), &self.path) {
+                        Ok(_) => continue,
+                        Err(error) => return End::Failed(error),
+                    }
+                }
                 message = socket.recv() => message,
             };
             let raw = match message {

@@ -319,3 +319,38 @@ async fn draining_closes_sockets_only_once_their_events_are_in_kafka() {
     );
     assert!(!endpoint.app.readiness().is_ready());
 }
+
+#[tokio::test]
+async fn a_revoked_key_closes_its_open_socket() {
+    let setup = Setup::new(Stack::from_env().kafka);
+    let writer = setup.writer();
+    let endpoint = setup.start(|_| {}).await;
+    let mut socket = endpoint
+        .websocket(&writer.tenant, Some(&writer.key))
+        .await
+        .unwrap();
+    send_events(&mut socket, &[event("before")]).await;
+    checkpoint(&mut socket, "before").await;
+
+    let file = flowhouse_keys::KeysFile::read(&endpoint.args.keys_file).unwrap();
+    let id = file
+        .keys
+        .iter()
+        .find(|k| k.sha256 == flowhouse_keys::key_hash(&writer.key))
+        .unwrap()
+        .id
+        .clone();
+    flowhouse_keys::cli::revoke(&endpoint.args.keys_file, &id).unwrap();
+    let revoked = std::time::Instant::now();
+    let (code, reason) = closed(&mut socket).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("unknown or revoked"), "{reason}");
+    // The keys file is polled every 2 s and open sockets check their key every 2 s.
+    assert!(
+        revoked.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        revoked.elapsed()
+    );
+    let stored = endpoint.consume(endpoint.events_topic()).await;
+    assert_eq!(stored.len(), 1, "only the event sent before revocation");
+}

@@ -155,15 +155,32 @@ impl KeySet {
 pub struct Keys {
     current: Arc<RwLock<Arc<KeySet>>>,
     path: PathBuf,
+    /// The file's modification time and size when it was last read: the watcher's baseline,
+    /// taken at load so that a change made before the watcher starts is still seen.
+    loaded: Arc<RwLock<Option<(SystemTime, u64)>>>,
 }
+
+/// Metrics of the keys file (on the `/metrics` of every service that reads it).
+pub const KEYS_LOADED: &str = "flowhouse_keys_loaded";
+pub const KEYS_RELOAD_FAILURES: &str = "flowhouse_keys_reload_failures_total";
 
 impl Keys {
     /// Loads the file; a missing or broken file at start is an error (nothing would authenticate).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        // The stamp first: a change that lands while the file is read is seen by the watcher.
+        let stamp = file_stamp(path);
         let file = KeysFile::read(path)?;
+        let set = KeySet::from_file(&file);
+        metrics::describe_gauge!(KEYS_LOADED, "API keys in force (not revoked).");
+        metrics::describe_counter!(
+            KEYS_RELOAD_FAILURES,
+            "Reloads of the keys file that failed; the previous keys stayed in force."
+        );
+        metrics::gauge!(KEYS_LOADED).set(set.len() as f64);
         Ok(Self {
-            current: Arc::new(RwLock::new(Arc::new(KeySet::from_file(&file)))),
+            current: Arc::new(RwLock::new(Arc::new(set))),
             path: path.to_path_buf(),
+            loaded: Arc::new(RwLock::new(stamp)),
         })
     }
 
@@ -172,6 +189,7 @@ impl Keys {
         Self {
             current: Arc::new(RwLock::new(Arc::new(set))),
             path: PathBuf::new(),
+            loaded: Arc::new(RwLock::new(None)),
         }
     }
 
@@ -197,36 +215,50 @@ impl Keys {
     /// until the returned task is dropped or aborted.
     pub fn watch(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
         let keys = self.clone();
-        let mut seen = file_stamp(&keys.path);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                let stamp = file_stamp(&keys.path);
-                if stamp == seen {
-                    continue;
-                }
-                seen = stamp;
-                keys.reload();
+                keys.reload_if_changed();
             }
         })
     }
 
-    /// Re-reads the file now.
+    /// Re-reads the file if it changed since it was last read; true if it did.
+    pub fn reload_if_changed(&self) -> bool {
+        let stamp = file_stamp(&self.path);
+        let mut loaded = self
+            .loaded
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if stamp == *loaded {
+            return false;
+        }
+        *loaded = stamp;
+        drop(loaded);
+        self.reload();
+        true
+    }
+
+    /// Re-reads the file now. A file that fails to read keeps the previous keys in force.
     pub fn reload(&self) {
         match KeysFile::read(&self.path) {
             Ok(file) => {
                 let set = KeySet::from_file(&file);
                 tracing::info!(path = %self.path.display(), keys = set.len(), "reloaded API keys");
+                metrics::gauge!(KEYS_LOADED).set(set.len() as f64);
                 *self
                     .current
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
             }
-            Err(error) => tracing::error!(
-                path = %self.path.display(),
-                error = format!("{error:#}"),
-                "cannot reload API keys; the previous keys stay in force"
-            ),
+            Err(error) => {
+                metrics::counter!(KEYS_RELOAD_FAILURES).increment(1);
+                tracing::error!(
+                    path = %self.path.display(),
+                    error = format!("{error:#}"),
+                    "cannot reload API keys; the previous keys stay in force"
+                );
+            }
         }
     }
 }

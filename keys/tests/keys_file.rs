@@ -117,3 +117,22 @@ fn a_missing_or_foreign_file_is_a_clear_error() {
     let error = format!("{:#}", Keys::load(&future).err().unwrap());
     assert!(error.contains("format version 9"), "{error}");
 }
+
+#[test]
+fn a_change_made_between_load_and_the_watcher_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let (account, workspace) = (Uuid::new_v4(), Uuid::new_v4());
+    cli::create(&path, account, vec![workspace], vec![Scope::Read], None).unwrap();
+    let keys = Keys::load(&path).unwrap();
+    assert!(!keys.reload_if_changed(), "nothing changed since the load");
+    // The edit lands after the load and before any watcher looked: the baseline is the load's.
+    // Sizes differ, so the change is seen whatever the file system's time resolution.
+    let later = cli::create(&path, account, vec![workspace], vec![Scope::Read], None).unwrap();
+    assert!(keys.reload_if_changed());
+    assert!(
+        keys.authorize(Some(&later), account, workspace, Scope::Read)
+            .is_ok()
+    );
+    assert!(!keys.reload_if_changed());
+}
