@@ -9,7 +9,7 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo test bench stack-up stack-down stack-status lint
+.PHONY: demo test bench contract stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
@@ -28,6 +28,15 @@ test:
 	eval "$$($(STACK) up)"; \
 	cargo clippy --workspace --all-targets --locked -- -D warnings; \
 	cargo test --workspace --locked
+
+# The OpenAPI contract at length: schemathesis with 500 examples per operation (make test: 25).
+contract:
+	@set -euo pipefail; \
+	export FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR); \
+	trap '$(STACK) reset' EXIT; \
+	eval "$$($(STACK) up)"; \
+	FLOWHOUSE_CONTRACT_EXAMPLES=$${FLOWHOUSE_CONTRACT_EXAMPLES:-500} \
+	    cargo test --locked -p flowhouse-tests --test openapi_contract -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

@@ -16,6 +16,7 @@ use flowhouse_service::admin::{self, Readiness};
 use flowhouse_service::clickhouse::ClickHouseArgs;
 use flowhouse_service::http::PublicApiArgs;
 use flowhouse_service::kafka::KafkaArgs;
+use utoipa::OpenApi as _;
 
 /// How long SIGTERM may take: open websockets, the producer's queue, buffered batches.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,9 +138,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let document = merged_document(
+        endpoint.openapi_document(),
+        serde_json::to_value(flowhouse_query_api::openapi::ApiDoc::openapi())?,
+    );
     let routes = endpoint
         .api_routes()
         .merge(flowhouse_query_api::api_routes(query_state))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(document) }),
+        )
         .merge(admin::routes(readiness));
     let router = args.public.build()?.router(routes);
     let served = admin::serve(args.listen, router, shutdown.clone()).await;
@@ -148,6 +157,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     shutdown.cancel();
     let ingested = ingest.await.context("the ingest task panicked")?;
     served.and(drained).and(ingested)
+}
+
+/// One document for every route `flowhouse serve` answers: both services' paths and schemas.
+fn merged_document(mut endpoint: serde_json::Value, query: serde_json::Value) -> serde_json::Value {
+    for section in ["paths", "components/schemas", "components/securitySchemes"] {
+        let pointer = format!("/{section}");
+        if let (Some(into), Some(from)) = (
+            endpoint
+                .pointer_mut(&pointer)
+                .and_then(|v| v.as_object_mut()),
+            query.pointer(&pointer).and_then(|v| v.as_object()),
+        ) {
+            for (name, value) in from {
+                into.entry(name.clone()).or_insert_with(|| value.clone());
+            }
+        }
+    }
+    endpoint["info"]["title"] = "Flowhouse".into();
+    endpoint["info"]["description"] =
+        "Prefect-compatible ingestion, search and metrics, every route on one port.".into();
+    endpoint
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub(crate) const RETRY_WHEN_DOWN: Duration = Duration::from_secs(5);
 pub(crate) const RETRY_WHEN_FULL: Duration = Duration::from_secs(1);
 
 /// One thing wrong with one item of a batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ItemProblem {
     /// Position of the item in the JSON list, from 0.
     pub index: usize,

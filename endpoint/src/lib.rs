@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod openapi;
 pub mod producer;
 pub mod ratelimit;
 pub mod routes;
@@ -136,12 +137,27 @@ impl App {
         })
     }
 
-    /// The API and the admin routes, on one port.
+    /// The API, `/openapi.json` and the admin routes, on one port.
     pub fn router(&self) -> Router {
         self.public.router(
             self.api_routes()
+                .merge(self.openapi_route())
                 .merge(flowhouse_service::admin::routes(self.readiness.clone())),
         )
+    }
+
+    /// `GET /openapi.json`: this endpoint's document, with the limits it enforces.
+    pub fn openapi_route(&self) -> Router {
+        let limits = self.shared.limits.clone();
+        Router::new().route(
+            "/openapi.json",
+            axum::routing::get(move || openapi::serve(limits.clone())),
+        )
+    }
+
+    /// This endpoint's OpenAPI document (see [`openapi`]).
+    pub fn openapi_document(&self) -> serde_json::Value {
+        openapi::document(&self.shared.limits)
     }
 
     /// The ingestion routes alone, to be served with other services' routes in one process.

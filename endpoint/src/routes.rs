@@ -18,6 +18,8 @@ use uuid::Uuid;
 use crate::Shared;
 use crate::batch::{read_body, split_and_validate};
 use crate::error::ApiError;
+use crate::openapi::{Errors, Event, LogLine};
+
 use crate::telemetry;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -71,7 +73,12 @@ pub(crate) fn request_key(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-async fn post_events(
+#[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/events",
+    params(flowhouse_service::openapi::WorkspacePath),
+    request_body(content = Vec<Event>, description = "A JSON list of events; an empty list is fine."),
+    responses((status = 204, description = "Kafka acknowledged every event."), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "ingestion")]
+pub(crate) async fn post_events(
     State(shared): State<Arc<Shared>>,
     Path(path): WorkspacePath,
     headers: HeaderMap,
@@ -81,7 +88,12 @@ async fn post_events(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn post_logs(
+#[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/logs",
+    params(flowhouse_service::openapi::WorkspacePath),
+    request_body(content = Vec<LogLine>, description = "A JSON list of log lines (the SDK posts to `/logs/`)."),
+    responses((status = 201, description = "Kafka acknowledged every log line (Prefect's status)."), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "ingestion")]
+pub(crate) async fn post_logs(
     State(shared): State<Arc<Shared>>,
     Path(path): WorkspacePath,
     headers: HeaderMap,

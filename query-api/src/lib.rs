@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod contract;
 pub mod dashboard;
 pub mod db;
 pub mod error;
@@ -163,11 +164,14 @@ where
 /// API's path handling and CORS.
 pub fn router(state: AppState, readiness: Readiness) -> Router {
     let public = state.public.clone();
-    public.router(api_routes(state).merge(admin::routes(readiness)))
+    public.router(
+        api_routes(state)
+            .route("/openapi.json", get(openapi::serve))
+            .merge(admin::routes(readiness)),
+    )
 }
 
-/// The query routes alone (with `/openapi.json`), to be served with other services' routes in
-/// one process.
+/// The query routes alone, to be served with other services' routes in one process.
 pub fn api_routes(state: AppState) -> Router {
     // Install the Prometheus recorder before the first metric is recorded.
     let _ = flowhouse_service::telemetry::metrics_handle();
@@ -217,7 +221,6 @@ pub fn api_routes(state: AppState) -> Router {
         )
         .route(&format!("{base}/events/out"), get(live::events_out))
         .route(&format!("{base}/logs/out"), get(live::logs_out))
-        .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(request::MAX_BODY_BYTES))
         .with_state(state)
 }

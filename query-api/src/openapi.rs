@@ -1,10 +1,44 @@
 //! `/openapi.json`, generated from the handlers' annotations and the request/response types.
 
 use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use flowhouse_service::openapi::{ErrorBody, KeySchemes};
+use utoipa::{IntoResponses, OpenApi};
 
 use crate::{dashboard, events, history, logs};
+
+/// Every failure a query route can answer, as `crate::error::ApiError` maps them.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Errors {
+    /// The request cannot be read: malformed JSON, query string or body.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// No key, or an unknown or revoked one.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// The key does not hold the workspace or lacks `read`; a forged or foreign page token.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// The account or workspace of the path is not a UUID.
+    #[response(status = 404)]
+    NotFound(#[to_schema] ErrorBody),
+    /// The URI is longer than the server reads (too many or too long query parameters).
+    #[response(status = 414)]
+    UriTooLong,
+    /// Readable but invalid: a bad filter, a bound passed (dates Flowhouse cannot store, a
+    /// window longer than allowed); the detail names the field and the bound.
+    #[response(status = 422)]
+    Unprocessable(#[to_schema] ErrorBody),
+    /// ClickHouse failed or could not be reached.
+    #[response(status = 502)]
+    Upstream(#[to_schema] ErrorBody),
+    /// Every ClickHouse slot stayed busy; retry after `Retry-After`.
+    #[response(status = 503)]
+    Busy(#[to_schema] ErrorBody),
+    /// The query reached `max_execution_time`.
+    #[response(status = 504)]
+    Timeout(#[to_schema] ErrorBody),
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,21 +56,14 @@ use crate::{dashboard, events, history, logs};
         logs::filter_logs,
         history::flow_run_history,
     ),
-    modifiers(&Bearer)
+    components(schemas(
+        events::count::Countable,
+        dashboard::params::FilterValue,
+        history::filters::NullOnly
+    )),
+    modifiers(&KeySchemes)
 )]
 pub struct ApiDoc;
-
-struct Bearer;
-
-impl Modify for Bearer {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

@@ -8,13 +8,15 @@ use crate::error::ApiError;
 /// Largest request body accepted (filters are small; this only stops abuse).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// A JSON body. An empty body reads as `{}` (Prefect's filters are all optional). Invalid JSON
-/// is a 400; valid JSON of the wrong shape a 422 naming the field (`filter.resource.id: ...`).
-/// The `Content-Type` is not checked: Prefect clients send JSON, and so does curl without `-H`.
+/// A JSON body, read as a `T` and checked against the schema `/openapi.json` publishes for it
+/// (see [`crate::contract`]). An empty body or `null` reads as `{}` (Prefect's filters are all
+/// optional). Invalid JSON is a 400; valid JSON of the wrong shape a 422 naming the field
+/// (`filter.resource.id: ...`). The `Content-Type` is not checked: Prefect clients send JSON,
+/// and so does curl without `-H`.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned + utoipa::ToSchema> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
@@ -26,8 +28,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         } else {
             &bytes
         };
-        parse_json(text).map(JsonBody)
+        let mut value: serde_json::Value = serde_json::from_slice(text).map_err(|error| {
+            ApiError::bad_request(format!("the body is not valid JSON: {error}"))
+        })?;
+        if value.is_null() {
+            value = serde_json::Value::Object(Default::default());
+        }
+        // Serde first, for its precise field paths; then the published schema, for what serde
+        // lets through (a struct given as an array, lengths and ranges the schema bounds).
+        let mut normalized = value.clone();
+        crate::contract::integral_floats_as_integers(&mut normalized);
+        let parsed = from_value(normalized)?;
+        crate::contract::check(&T::name(), &value)?;
+        Ok(JsonBody(parsed))
     }
+}
+
+/// `value` as a `T`; a 422 naming the field that does not fit.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::unprocessable(inner.to_string())
+        } else {
+            ApiError::unprocessable(format!("{path}: {inner}"))
+        }
+    })
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

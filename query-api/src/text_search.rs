@@ -21,6 +21,7 @@ pub const MAX_QUERY_CHARS: usize = 200;
 #[serde(deny_unknown_fields)]
 pub struct TextFilter {
     /// At most 200 characters.
+    #[schema(max_length = 200)]
     pub query: String,
 }
 

@@ -121,6 +121,11 @@ pub fn earliest() -> i64 {
     micros(flowhouse_schema::event::earliest_timestamp())
 }
 
+/// The last instant ClickHouse's `DateTime64` holds.
+pub fn latest() -> i64 {
+    micros(crate::events::filter::engine_range().1)
+}
+
 /// Resolves a dashboard window. The default is the 7 days that end with the current (open)
 /// bucket: aligned, so that every dashboard asking for "the past week" in the same bucket
 /// shares one cache entry.
@@ -131,15 +136,23 @@ pub fn resolve(
     max_window_micros: i64,
 ) -> Result<Window, ApiError> {
     let until = until.unwrap_or_else(|| floor_to(now_micros(), bucket.micros()) + bucket.micros());
-    let since = since.unwrap_or(until - 7 * 86_400 * MICROS_PER_SECOND);
+    let since = since.unwrap_or(until.saturating_sub(7 * 86_400 * MICROS_PER_SECOND));
+    // Readable but out of bounds: 422, as every other semantic bound.
     if since >= until {
-        return Err(ApiError::bad_request("since must be before until"));
+        return Err(ApiError::unprocessable("since must be before until"));
     }
     if since < earliest() {
-        return Err(ApiError::bad_request("since must not be before 2000-01-01"));
+        return Err(ApiError::unprocessable(
+            "since must not be before 2000-01-01",
+        ));
+    }
+    if until > latest() {
+        return Err(ApiError::unprocessable(
+            "until must not be after 2299-12-31",
+        ));
     }
     if until - since > max_window_micros {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::unprocessable(format!(
             "the window is {:.1} days long; at most {:.1} days are allowed",
             (until - since) as f64 / (86_400.0 * MICROS_PER_SECOND as f64),
             max_window_micros as f64 / (86_400.0 * MICROS_PER_SECOND as f64)

@@ -30,7 +30,7 @@ pub struct Log<'a> {
 pub const LEVELS: std::ops::RangeInclusive<i64> = 0..=255;
 /// Prefect's own cap on one log line (`PREFECT_LOGGING_TO_API_MAX_LOG_SIZE`).
 pub const MAX_LOG_BYTES: usize = 1_000_000;
-const MAX_NAME_CHARS: usize = 1024;
+pub const MAX_NAME_CHARS: usize = 1024;
 
 const FIELDS: &[(&str, Shape, bool)] = &[
     ("name", Shape::String, true),

@@ -6,6 +6,7 @@
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`;
 //! - [`http`]: how the public API is reached (Prefect's paths, trailing slashes, single-tenant
 //!   mode, CORS, the public base URL);
+//! - [`openapi`]: what every service's OpenAPI document shares;
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token;
 //! - [`websocket`]: the opening handshake of Prefect's websockets.
 
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod clickhouse;
 pub mod http;
 pub mod kafka;
+pub mod openapi;
 pub mod shutdown;
 pub mod telemetry;
 pub mod websocket;

@@ -7,6 +7,7 @@
 //! `FLOWHOUSE_STACK_DIR`, which only the local stack exports.
 
 pub mod fixtures;
+pub mod served;
 
 use std::path::PathBuf;
 use std::process::Command;

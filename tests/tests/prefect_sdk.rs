@@ -15,159 +15,38 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use flowhouse_keys::Scope;
-use flowhouse_schema::Tenant;
-use flowhouse_schema::contract::TopicArgs;
-use flowhouse_tests::{
-    ServiceProcess, Stack, free_port, prefect_python, unique_name, workspace_root,
-};
+use flowhouse_tests::served::Served;
+use flowhouse_tests::{prefect_python, unique_name, workspace_root};
 use serde_json::Value;
-use uuid::Uuid;
 
-/// `flowhouse serve` on a free port, with its own database, topics and keys.
-struct Served {
-    process: ServiceProcess,
-    port: u16,
-    tenant: Tenant,
-    /// `write` and `read` on `tenant`.
-    key: String,
-    /// A key of another tenant.
-    other_key: String,
-    database: String,
-    stack: Stack,
-    _keys_dir: tempfile::TempDir,
-}
-
-impl Served {
-    async fn start() -> Self {
-        let stack = Stack::from_env();
-        let database = unique_name("prefect_sdk");
-        let topics = TopicArgs {
-            events_topic: unique_name("events"),
-            logs_topic: unique_name("logs"),
-            dlq_topic: unique_name("dlq"),
-            topic_partitions: 2,
-        };
-        let keys_dir = tempfile::tempdir().unwrap();
-        let keys_file = keys_dir.path().join("keys.json");
-        let tenant = Tenant {
-            account_id: Uuid::new_v4(),
-            workspace_id: Uuid::new_v4(),
-        };
-        let key = flowhouse_keys::cli::create(
-            &keys_file,
-            tenant.account_id,
-            vec![tenant.workspace_id],
-            vec![Scope::Write, Scope::Read],
-            Some("prefect sdk".into()),
-        )
-        .unwrap();
-        let other_key = flowhouse_keys::cli::create(
-            &keys_file,
-            Uuid::new_v4(),
-            vec![Uuid::new_v4()],
-            vec![Scope::Write, Scope::Read],
-            Some("other tenant".into()),
-        )
-        .unwrap();
-        let port = free_port();
-        let mut env = stack.service_env(&database, &topics);
-        env.extend([
-            ("FLOWHOUSE_LISTEN", format!("127.0.0.1:{port}")),
-            ("FLOWHOUSE_KEYS_FILE", keys_file.display().to_string()),
-            ("FLOWHOUSE_INGEST_GROUP", unique_name("ingest")),
-            (
-                "FLOWHOUSE_DEFAULT_TENANT",
-                format!("{}/{}", tenant.account_id, tenant.workspace_id),
-            ),
-            ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "200ms".into()),
-            ("FLOWHOUSE_QUERY_CACHE_FRESH", "1s".into()),
-        ]);
-        let process = ServiceProcess::start(&["serve"], &env);
-        let served = Self {
-            process,
-            port,
-            tenant,
-            key,
-            other_key,
-            database,
-            stack,
-            _keys_dir: keys_dir,
-        };
-        served.wait_ready().await;
-        served
+/// Runs the SDK program with exactly `settings` as its Prefect configuration.
+fn sdk(served: &Served, args: &[&str], settings: &[(&str, String)]) -> Value {
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(prefect_python());
+    command
+        .arg(workspace_root().join("tests/prefect/sdk_client.py"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("PREFECT_HOME", home.path().join(".prefect"))
+        .env("PREFECT_LOGGING_LEVEL", "WARNING");
+    for (name, value) in settings {
+        command.env(name, value);
     }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn workspace_url(&self) -> String {
-        format!(
-            "{}/api/accounts/{}/workspaces/{}",
-            self.base(),
-            self.tenant.account_id,
-            self.tenant.workspace_id
-        )
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(response) = http.get(format!("{}/readyz", self.base())).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flowhouse serve not ready in 120 s:\n{}",
-                self.process.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Runs the SDK program with exactly `settings` as its Prefect configuration.
-    fn sdk(&self, args: &[&str], settings: &[(&str, String)]) -> Value {
-        let home = tempfile::tempdir().unwrap();
-        let mut command = Command::new(prefect_python());
-        command
-            .arg(workspace_root().join("tests/prefect/sdk_client.py"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", home.path())
-            .env("PREFECT_HOME", home.path().join(".prefect"))
-            .env("PREFECT_LOGGING_LEVEL", "WARNING");
-        for (name, value) in settings {
-            command.env(name, value);
-        }
-        let output = command.output().expect("run the Prefect SDK program");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "the SDK program failed ({args:?}):\n{stdout}\n{}\n--- flowhouse serve ---\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            self.process.log_text()
-        );
-        let last = stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(last).unwrap_or_else(|error| {
-            panic!("the SDK program's report is not JSON ({error}):\n{stdout}")
-        })
-    }
-
-    async fn finish(self) {
-        self.stack
-            .clickhouse_client("default")
-            .query(&format!("DROP DATABASE IF EXISTS {}", self.database))
-            .execute()
-            .await
-            .unwrap();
-    }
+    let output = command.output().expect("run the Prefect SDK program");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the SDK program failed ({args:?}):\n{stdout}\n{}\n--- flowhouse serve ---\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        served.process.log_text()
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|error| panic!("the SDK program's report is not JSON ({error}):\n{stdout}"))
 }
 
 fn sorted(values: &Value) -> Vec<String> {
@@ -250,11 +129,12 @@ async fn stored_events(served: &Served) -> u64 {
 
 #[tokio::test]
 async fn the_prefect_sdk_works_unchanged_against_flowhouse_serve() {
-    let served = Served::start().await;
+    let served = Served::start(&[]).await;
     let started = Instant::now();
 
     // (a) The self-hosted client with only PREFECT_API_KEY sends no credential on the socket.
-    let refused = served.sdk(
+    let refused = sdk(
+        &served,
         &["key-only"],
         &[
             ("PREFECT_API_URL", format!("{}/api", served.base())),
@@ -271,7 +151,8 @@ async fn the_prefect_sdk_works_unchanged_against_flowhouse_serve() {
 
     // (b) Self-hosted, single-tenant URL, auth string = the key.
     let count = 40;
-    let self_hosted = served.sdk(
+    let self_hosted = sdk(
+        &served,
         &["roundtrip", &unique_name("selfhosted"), &count.to_string()],
         &[
             ("PREFECT_API_URL", format!("{}/api", served.base())),
@@ -281,7 +162,8 @@ async fn the_prefect_sdk_works_unchanged_against_flowhouse_serve() {
     check_roundtrip(&self_hosted, count, "PrefectEventsClient");
 
     // (c) Cloud mode: the workspace URL under PREFECT_CLOUD_API_URL, bearer keys.
-    let cloud = served.sdk(
+    let cloud = sdk(
+        &served,
         &["roundtrip", &unique_name("cloud"), &count.to_string()],
         &[
             ("PREFECT_API_URL", served.workspace_url()),
@@ -293,7 +175,8 @@ async fn the_prefect_sdk_works_unchanged_against_flowhouse_serve() {
     assert_eq!(stored_events(&served).await, 2 * count as u64);
 
     // Prefect's own models parse Flowhouse's answers.
-    let contract = served.sdk(
+    let contract = sdk(
+        &served,
         &["contract", &served.workspace_url(), &served.key],
         &[("PREFECT_API_URL", served.workspace_url())],
     );

@@ -17,7 +17,9 @@ use super::responses::*;
 use super::tally::{Tally, sum_where};
 use crate::auth::Reader;
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::{AppState, cached_json};
+use flowhouse_service::openapi::WorkspacePath;
 
 async fn serve<T, F>(
     state: &AppState,
@@ -38,10 +40,9 @@ where
 }
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/metrics/flow-runs",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path), MetricQuery),
-    responses((status = 200, body = FlowRunsResponse), (status = 400, description = "invalid parameters"),
-              (status = 401), (status = 403)),
-    security(("bearer" = [])), tag = "metrics")]
+    params(WorkspacePath, MetricQuery),
+    responses((status = 200, body = FlowRunsResponse), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "metrics")]
 pub async fn flow_runs(
     Reader(tenant): Reader,
     State(state): State<AppState>,
@@ -94,9 +95,9 @@ pub async fn flow_runs(
 }
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/metrics/late-runs",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path), MetricQuery),
-    responses((status = 200, body = LateRunsResponse), (status = 400), (status = 401), (status = 403)),
-    security(("bearer" = [])), tag = "metrics")]
+    params(WorkspacePath, MetricQuery),
+    responses((status = 200, body = LateRunsResponse), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "metrics")]
 pub async fn late_runs(
     Reader(tenant): Reader,
     State(state): State<AppState>,
@@ -137,9 +138,9 @@ pub fn mean_seconds(sum_micros: i64, n: u64) -> Option<f64> {
 }
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/metrics/durations",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path), MetricQuery),
-    responses((status = 200, body = DurationsResponse), (status = 400), (status = 401), (status = 403)),
-    security(("bearer" = [])), tag = "metrics")]
+    params(WorkspacePath, MetricQuery),
+    responses((status = 200, body = DurationsResponse), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "metrics")]
 pub async fn durations(
     Reader(tenant): Reader,
     State(state): State<AppState>,
@@ -178,9 +179,9 @@ pub async fn durations(
 }
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/metrics/top-failing",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path), MetricQuery, TopFailingQuery),
-    responses((status = 200, body = TopFailingResponse), (status = 400), (status = 401), (status = 403)),
-    security(("bearer" = [])), tag = "metrics")]
+    params(WorkspacePath, MetricQuery, TopFailingQuery),
+    responses((status = 200, body = TopFailingResponse), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "metrics")]
 pub async fn top_failing(
     Reader(tenant): Reader,
     State(state): State<AppState>,
@@ -223,9 +224,9 @@ pub async fn top_failing(
 }
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/metrics/task-runs",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path), MetricQuery),
-    responses((status = 200, body = TaskRunsResponse), (status = 400), (status = 401), (status = 403)),
-    security(("bearer" = [])), tag = "metrics")]
+    params(WorkspacePath, MetricQuery),
+    responses((status = 200, body = TaskRunsResponse), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "metrics")]
 pub async fn task_runs(
     Reader(tenant): Reader,
     State(state): State<AppState>,
@@ -278,9 +279,9 @@ pub async fn task_runs(
 }
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/metrics/logs",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path), MetricQuery),
-    responses((status = 200, body = LogsResponse), (status = 400), (status = 401), (status = 403)),
-    security(("bearer" = [])), tag = "metrics")]
+    params(WorkspacePath, MetricQuery),
+    responses((status = 200, body = LogsResponse), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "metrics")]
 pub async fn logs(
     Reader(tenant): Reader,
     State(state): State<AppState>,

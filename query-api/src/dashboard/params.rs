@@ -50,6 +50,21 @@ impl RunFilters {
     }
 }
 
+/// One value of a run filter, as documented: 1 to 1024 characters.
+pub struct FilterValue;
+
+impl utoipa::PartialSchema for FilterValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_FILTER_CHARS))
+            .into()
+    }
+}
+
+impl ToSchema for FilterValue {}
+
 /// The parameters every metric route takes.
 #[derive(Clone, Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -62,13 +77,17 @@ pub struct MetricQuery {
     pub until: Option<i64>,
     /// `hour` (default) or `day`.
     pub bucket: Option<Bucket>,
-    /// Flow id (without `prefect.flow.`); repeatable.
+    /// Flow id (without `prefect.flow.`); repeatable, at most 100.
+    #[param(value_type = Option<Vec<FilterValue>>, max_items = 100)]
     pub flow: Vec<String>,
-    /// Deployment id; repeatable.
+    /// Deployment id; repeatable, at most 100.
+    #[param(value_type = Option<Vec<FilterValue>>, max_items = 100)]
     pub deployment: Vec<String>,
-    /// Work pool id; repeatable.
+    /// Work pool id; repeatable, at most 100.
+    #[param(value_type = Option<Vec<FilterValue>>, max_items = 100)]
     pub work_pool: Vec<String>,
-    /// Tag (without `prefect.tag.`); repeatable.
+    /// Tag (without `prefect.tag.`); repeatable, at most 100.
+    #[param(value_type = Option<Vec<FilterValue>>, max_items = 100)]
     pub tag: Vec<String>,
 }
 

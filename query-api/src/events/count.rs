@@ -26,9 +26,11 @@ use super::max_search;
 use crate::auth::Reader;
 use crate::db::Sql;
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::request::JsonBody;
 use crate::window::{self, Bucket, MICROS_PER_SECOND, as_rfc3339, floor_to};
 use crate::{AppState, cached_json};
+use flowhouse_service::openapi::WorkspacePath;
 
 /// Prefect's pivot: time buckets are counted from here.
 pub const PIVOT_MICROS: i64 = 1_711_929_600 * MICROS_PER_SECOND; // 2024-04-01T00:00:00Z
@@ -91,7 +93,9 @@ pub struct CountRequest {
     pub filter: EventFilter,
     #[serde(default, deserialize_with = "super::filter::null_as_default")]
     pub time_unit: TimeUnit,
+    /// How many `time_unit`s one bucket spans (default 1).
     #[serde(default = "default_interval")]
+    #[schema(minimum = 0.01, maximum = 1000000.0)]
     pub time_interval: f64,
 }
 
@@ -198,11 +202,11 @@ fn iso_label(micros: i64) -> String {
 }
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/events/count-by/{countable}",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path),
+    params(WorkspacePath,
            ("countable" = Countable, Path, description = "day, time, event or resource")),
     request_body = CountRequest,
-    responses((status = 200, body = Vec<EventCount>), (status = 401), (status = 403), (status = 422)),
-    security(("bearer" = [])), tag = "events")]
+    responses((status = 200, body = Vec<EventCount>), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "events")]
 pub async fn count_by(
     Reader(tenant): Reader,
     State(state): State<AppState>,

@@ -40,18 +40,18 @@ const MAX_VALUES: usize = 1_000;
 #[serde(default, deny_unknown_fields)]
 pub struct EventFilter {
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(value_type = Option<OccurredFilter>)]
     pub occurred: OccurredFilter,
     pub event: Option<EventNameFilter>,
     pub resource: Option<ResourceFilter>,
     /// One filter or a list of filters, all of which must hold.
-    #[schema(value_type = Option<Vec<RelatedFilter>>)]
     pub related: Option<OneOrMany<RelatedFilter>>,
     /// One filter or a list of filters, all of which must hold.
-    #[schema(value_type = Option<Vec<AnyResourceFilter>>)]
     pub any_resource: Option<OneOrMany<AnyResourceFilter>>,
-    pub id: Option<IdFilter>,
+    pub id: Option<EventIdFilter>,
     pub text: Option<TextFilter>,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(value_type = Option<Order>)]
     pub order: Order,
 }
 
@@ -86,10 +86,11 @@ pub struct EventNameFilter {
 pub struct ResourceFilter {
     pub id: Option<Vec<String>>,
     pub id_prefix: Option<Vec<String>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, LabelValues>>)]
     pub labels: Option<ResourceSpecification>,
     /// One event per resource: the latest (`DESC`) or the earliest (`ASC`).
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(value_type = Option<bool>)]
     pub distinct: bool,
 }
 
@@ -100,7 +101,7 @@ pub struct RelatedFilter {
     pub role: Option<Vec<String>>,
     /// `[resource id, role]` pairs.
     pub resources_in_roles: Option<Vec<(String, String)>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, LabelValues>>)]
     pub labels: Option<ResourceSpecification>,
 }
 
@@ -109,13 +110,13 @@ pub struct RelatedFilter {
 pub struct AnyResourceFilter {
     pub id: Option<Vec<String>>,
     pub id_prefix: Option<Vec<String>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, LabelValues>>)]
     pub labels: Option<ResourceSpecification>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
-pub struct IdFilter {
+pub struct EventIdFilter {
     pub id: Option<Vec<Uuid>>,
 }
 
@@ -138,7 +139,7 @@ impl Order {
 }
 
 /// A JSON object or a list of them.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     One(T),

@@ -26,10 +26,12 @@ use uuid::Uuid;
 use crate::auth::Reader;
 use crate::db::Sql;
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::request::JsonBody;
 use crate::window::{self, Bucket};
 use crate::{AppState, cached_json};
 use filter::{EventFilter, Order};
+use flowhouse_service::openapi::WorkspacePath;
 use page_token::{Cursor, PageState};
 
 /// Prefect's default (and maximum) interactive page size.
@@ -41,8 +43,9 @@ pub struct FilterRequest {
     /// Absent or null: every event of the default window.
     #[serde(default)]
     pub filter: Option<EventFilter>,
-    /// Page size (default 50).
+    /// Page size (default 50; at most `--max-page-size`, 200 by default).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -248,11 +251,10 @@ pub fn max_search(state: &AppState) -> Duration {
 }
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/events/filter",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path)),
-    request_body = FilterRequest,
-    responses((status = 200, body = EventPage), (status = 400), (status = 401), (status = 403),
-              (status = 422, description = "invalid filter")),
-    security(("bearer" = [])), tag = "events")]
+    params(WorkspacePath),
+    request_body = Option<FilterRequest>,
+    responses((status = 200, body = EventPage), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "events")]
 pub async fn filter_events(
     Reader(tenant): Reader,
     State(state): State<AppState>,
@@ -307,11 +309,10 @@ pub struct NextQuery {
 }
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/events/filter/next",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path),
+    params(WorkspacePath,
            ("page-token" = String, Query, description = "the token of a `next_page` URL")),
-    responses((status = 200, body = EventPage), (status = 401),
-              (status = 403, description = "a forged, altered or foreign page token")),
-    security(("bearer" = [])), tag = "events")]
+    responses((status = 200, body = EventPage), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "events")]
 pub async fn next_page(
     Reader(tenant): Reader,
     State(state): State<AppState>,
@@ -319,8 +320,10 @@ pub async fn next_page(
     headers: HeaderMap,
     query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query
-        .map_err(|_| ApiError::Forbidden("a page-token query parameter is required".into()))?;
+    // As Prefect: a missing token is a 422, a bad one a 403.
+    let Query(query) = query.map_err(|_| {
+        ApiError::unprocessable("page-token: a query parameter is required (a next_page URL)")
+    })?;
     let page = state.page_tokens.verify(&query.page_token, tenant)?;
     let key = serde_json::to_string(&(&page, next_page_url(&state, &headers, tenant, "")))
         .map_err(|_| ApiError::Internal)?;

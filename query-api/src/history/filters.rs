@@ -30,6 +30,22 @@ use crate::window::micros;
 /// A field Flowhouse accepts but cannot apply: any JSON, refused unless null.
 type Unsupported = Option<serde_json::Value>;
 
+/// How an unsupported field is documented: null only (anything else is a 422 naming it).
+pub struct NullOnly;
+
+impl utoipa::PartialSchema for NullOnly {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Null)
+            .description(Some(
+                "A Prefect field whose data the events do not carry: Flowhouse accepts only null.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for NullOnly {}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdFilter {
@@ -116,9 +132,9 @@ pub struct FlowFilter {
     pub operator: Option<Operator>,
     pub id: Option<IdFilter>,
     pub name: Option<NameFilter>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub deployment: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub tags: Unsupported,
 }
 
@@ -135,19 +151,19 @@ pub struct FlowRunFilter {
     pub start_time: Option<TimeFilter>,
     pub end_time: Option<TimeFilter>,
     pub expected_start_time: Option<TimeRangeFilter>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub work_queue_name: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub flow_version: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub next_scheduled_start_time: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub parent_flow_run_id: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub parent_task_run_id: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub idempotency_key: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub created_by: Unsupported,
 }
 
@@ -159,11 +175,11 @@ pub struct DeploymentFilter {
     pub id: Option<IdFilter>,
     pub name: Option<NameFilter>,
     pub flow_or_deployment_name: Option<LikeFilter>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub paused: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub tags: Unsupported,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub work_queue_name: Unsupported,
     /// Deprecated in Prefect, which accepts and ignores it; so does Flowhouse.
     #[schema(value_type = Option<Object>)]
@@ -177,7 +193,7 @@ pub struct WorkPoolFilter {
     pub operator: Option<Operator>,
     pub id: Option<AnyIdFilter>,
     pub name: Option<AnyNameFilter>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<NullOnly>)]
     pub r#type: Unsupported,
 }
 

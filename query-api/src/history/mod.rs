@@ -33,10 +33,12 @@ use crate::dashboard::queries::runs;
 use crate::db::Sql;
 use crate::error::ApiError;
 use crate::events::filter::{check_engine_range, engine_range};
+use crate::openapi::Errors;
 use crate::request::JsonBody;
 use crate::window::{self, Bucket, as_rfc3339, micros};
 use crate::{AppState, cached_json};
 use filters::{DeploymentFilter, FlowFilter, FlowRunFilter, HistoryFilters, WorkPoolFilter};
+use flowhouse_service::openapi::WorkspacePath;
 
 const MAX_INTERVALS: i64 = 500;
 /// Flowhouse's bound on `history_interval_seconds` (about 31 years).
@@ -67,7 +69,9 @@ const HISTORY_COLUMNS: &[&str] = &[
 pub struct HistoryRequest {
     pub history_start: DateTime<Utc>,
     pub history_end: DateTime<Utc>,
-    /// Interval length in seconds, at least 1.
+    /// Interval length in seconds, at least 1, checked as Prefect checks it (a 422 with its
+    /// message); more than 500 intervals are truncated to 500.
+    #[schema(maximum = 1000000000.0)]
     pub history_interval_seconds: f64,
     #[serde(default)]
     pub flows: Option<FlowFilter>,
@@ -79,11 +83,11 @@ pub struct HistoryRequest {
     pub work_pools: Option<WorkPoolFilter>,
     /// Prefect's `TaskRunFilter`; Flowhouse cannot apply it: must be null.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<filters::NullOnly>)]
     pub task_runs: Option<serde_json::Value>,
     /// Prefect's `WorkQueueFilter`; Flowhouse cannot apply it: must be null.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<filters::NullOnly>)]
     pub work_queues: Option<serde_json::Value>,
 }
 
@@ -153,10 +157,10 @@ fn interval_count(start: i64, end: i64, width: i64) -> i64 {
 }
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/flow_runs/history",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path)),
+    params(WorkspacePath),
     request_body = HistoryRequest,
-    responses((status = 200, body = Vec<HistoryResponse>), (status = 401), (status = 403), (status = 422)),
-    security(("bearer" = [])), tag = "flow runs")]
+    responses((status = 200, body = Vec<HistoryResponse>), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "flow runs")]
 pub async fn flow_run_history(
     Reader(tenant): Reader,
     State(state): State<AppState>,

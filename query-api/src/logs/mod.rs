@@ -22,10 +22,12 @@ use uuid::Uuid;
 use crate::auth::Reader;
 use crate::db::{Sql, TENANT};
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::request::JsonBody;
 use crate::window::{self, Bucket};
 use crate::{AppState, cached_json};
 pub use filter::LogFilter;
+use flowhouse_service::openapi::WorkspacePath;
 
 /// Prefect's default page size for `/logs/filter` (`PREFECT_API_DEFAULT_LIMIT`), also its most.
 pub const DEFAULT_LIMIT: i64 = 200;
@@ -47,9 +49,11 @@ pub struct LogsRequest {
     pub sort: Option<LogSort>,
     /// 0 to 200; default 200.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 200)]
     pub limit: Option<i64>,
-    /// At least 0; default 0.
+    /// At least 0 (at most `--max-result-rows`, 10000 by default); default 0.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 10000)]
     pub offset: Option<i64>,
 }
 
@@ -200,10 +204,10 @@ fn page(state: &AppState, limit: Option<i64>, offset: Option<i64>) -> Result<(u6
 }
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/logs/filter",
-    params(("account_id" = String, Path), ("workspace_id" = String, Path)),
-    request_body = LogsRequest,
-    responses((status = 200, body = Vec<Log>), (status = 401), (status = 403), (status = 422)),
-    security(("bearer" = [])), tag = "logs")]
+    params(WorkspacePath),
+    request_body = Option<LogsRequest>,
+    responses((status = 200, body = Vec<Log>), Errors),
+    security(("bearer" = []), ("basic" = [])), tag = "logs")]
 pub async fn filter_logs(
     Reader(tenant): Reader,
     State(state): State<AppState>,

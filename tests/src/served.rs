@@ -1,0 +1,129 @@
+//! `flowhouse serve` as a process on a free port, with its own database, topics and keys: what
+//! the tests of Prefect clients and of the OpenAPI contract run against.
+
+use std::time::{Duration, Instant};
+
+use flowhouse_keys::Scope;
+use flowhouse_schema::Tenant;
+use flowhouse_schema::contract::TopicArgs;
+use uuid::Uuid;
+
+use crate::{ServiceProcess, Stack, free_port, unique_name};
+
+/// `flowhouse serve` on a free port, with its own database, topics and keys.
+pub struct Served {
+    pub process: ServiceProcess,
+    pub port: u16,
+    pub tenant: Tenant,
+    /// `write` and `read` on `tenant`.
+    pub key: String,
+    /// A key of another tenant.
+    pub other_key: String,
+    pub database: String,
+    pub stack: Stack,
+    _keys_dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Starts it with `env` added to (and overriding) the service variables.
+    pub async fn start(extra_env: &[(&'static str, String)]) -> Self {
+        let stack = Stack::from_env();
+        let database = unique_name("prefect_sdk");
+        let topics = TopicArgs {
+            events_topic: unique_name("events"),
+            logs_topic: unique_name("logs"),
+            dlq_topic: unique_name("dlq"),
+            topic_partitions: 2,
+        };
+        let keys_dir = tempfile::tempdir().unwrap();
+        let keys_file = keys_dir.path().join("keys.json");
+        let tenant = Tenant {
+            account_id: Uuid::new_v4(),
+            workspace_id: Uuid::new_v4(),
+        };
+        let key = flowhouse_keys::cli::create(
+            &keys_file,
+            tenant.account_id,
+            vec![tenant.workspace_id],
+            vec![Scope::Write, Scope::Read],
+            Some("prefect sdk".into()),
+        )
+        .unwrap();
+        let other_key = flowhouse_keys::cli::create(
+            &keys_file,
+            Uuid::new_v4(),
+            vec![Uuid::new_v4()],
+            vec![Scope::Write, Scope::Read],
+            Some("other tenant".into()),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut env = stack.service_env(&database, &topics);
+        env.extend([
+            ("FLOWHOUSE_LISTEN", format!("127.0.0.1:{port}")),
+            ("FLOWHOUSE_KEYS_FILE", keys_file.display().to_string()),
+            ("FLOWHOUSE_INGEST_GROUP", unique_name("ingest")),
+            (
+                "FLOWHOUSE_DEFAULT_TENANT",
+                format!("{}/{}", tenant.account_id, tenant.workspace_id),
+            ),
+            ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "200ms".into()),
+            ("FLOWHOUSE_QUERY_CACHE_FRESH", "1s".into()),
+        ]);
+        env.extend(extra_env.iter().cloned());
+        let process = ServiceProcess::start(&["serve"], &env);
+        let served = Self {
+            process,
+            port,
+            tenant,
+            key,
+            other_key,
+            database,
+            stack,
+            _keys_dir: keys_dir,
+        };
+        served.wait_ready().await;
+        served
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn workspace_url(&self) -> String {
+        format!(
+            "{}/api/accounts/{}/workspaces/{}",
+            self.base(),
+            self.tenant.account_id,
+            self.tenant.workspace_id
+        )
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(response) = http.get(format!("{}/readyz", self.base())).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "flowhouse serve not ready in 120 s:\n{}",
+                self.process.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Drops its database (at the end of a passing test).
+    pub async fn finish(self) {
+        self.stack
+            .clickhouse_client("default")
+            .query(&format!("DROP DATABASE IF EXISTS {}", self.database))
+            .execute()
+            .await
+            .unwrap();
+    }
+}
