@@ -9,7 +9,7 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo test bench contract stack-up stack-down stack-status lint
+.PHONY: demo test bench contract fairness stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
@@ -37,6 +37,15 @@ contract:
 	eval "$$($(STACK) up)"; \
 	FLOWHOUSE_CONTRACT_EXAMPLES=$${FLOWHOUSE_CONTRACT_EXAMPLES:-500} \
 	    cargo test --locked -p flowhouse-tests --test openapi_contract -- --nocapture
+
+# Per-tenant fairness with its latency bound (B's p99 within 2× while A floods): run it on a
+# quiet machine; make test checks the rest of it.
+fairness:
+	@set -euo pipefail; \
+	export FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR); \
+	trap '$(STACK) reset' EXIT; \
+	eval "$$($(STACK) up)"; \
+	FLOWHOUSE_FAIRNESS_STRICT=1 cargo test --locked -p flowhouse-tests --test fairness -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

@@ -18,6 +18,8 @@ mod defaults {
     pub const RATE_LIMIT: f64 = 10_000.0;
     pub const RATE_BURST: f64 = 100_000.0;
     pub const MAX_IN_FLIGHT: usize = 200_000;
+    pub const MAX_IN_FLIGHT_PER_TENANT: usize = 50_000;
+    pub const MAX_UPLOADS_PER_TENANT: usize = 4;
     pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
     pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 }
@@ -73,6 +75,22 @@ pub struct Args {
         default_value_t = defaults::MAX_IN_FLIGHT
     )]
     pub max_in_flight: usize,
+    /// The share of `max_in_flight` one workspace may hold: a workspace that sends faster than
+    /// Kafka acknowledges waits (websocket) or gets a 503 (HTTP) from its own share, never
+    /// taking the others'.
+    #[arg(
+        long,
+        env = "FLOWHOUSE_ENDPOINT_MAX_IN_FLIGHT_PER_TENANT",
+        default_value_t = defaults::MAX_IN_FLIGHT_PER_TENANT
+    )]
+    pub max_in_flight_per_tenant: usize,
+    /// HTTP batches one workspace may upload at once; more get a 429 before their body is read.
+    #[arg(
+        long,
+        env = "FLOWHOUSE_ENDPOINT_MAX_UPLOADS_PER_TENANT",
+        default_value_t = defaults::MAX_UPLOADS_PER_TENANT
+    )]
+    pub max_uploads_per_tenant: usize,
     /// How long the producer keeps retrying a message before giving up on it (a 503 for HTTP,
     /// a closed socket for websockets). Kafka's `message.timeout.ms`.
     #[arg(
@@ -163,6 +181,8 @@ impl Args {
             rate_limit: defaults::RATE_LIMIT,
             rate_burst: defaults::RATE_BURST,
             max_in_flight: defaults::MAX_IN_FLIGHT,
+            max_in_flight_per_tenant: defaults::MAX_IN_FLIGHT_PER_TENANT,
+            max_uploads_per_tenant: defaults::MAX_UPLOADS_PER_TENANT,
             delivery_timeout: defaults::DELIVERY_TIMEOUT,
             auth_timeout: defaults::AUTH_TIMEOUT,
         }
@@ -194,6 +214,11 @@ mod tests {
         assert_eq!(built.rate_limit, parsed.rate_limit);
         assert_eq!(built.rate_burst, parsed.rate_burst);
         assert_eq!(built.max_in_flight, parsed.max_in_flight);
+        assert_eq!(
+            built.max_in_flight_per_tenant,
+            parsed.max_in_flight_per_tenant
+        );
+        assert_eq!(built.max_uploads_per_tenant, parsed.max_uploads_per_tenant);
         assert_eq!(built.delivery_timeout, parsed.delivery_timeout);
         assert_eq!(built.auth_timeout, parsed.auth_timeout);
         assert_eq!(

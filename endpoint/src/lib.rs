@@ -33,9 +33,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use flowhouse_keys::Keys;
+use flowhouse_schema::Tenant;
 use flowhouse_schema::contract::TopicArgs;
 use flowhouse_schema::event::Limits;
 use flowhouse_service::admin::Readiness;
+use flowhouse_service::fairness::PerKeyLimit;
 use flowhouse_service::http::PublicApi;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +67,8 @@ pub(crate) struct Shared {
     pub keys: Keys,
     pub producer: Arc<Producer>,
     pub limiter: RateLimiter,
+    /// Each workspace's concurrent HTTP uploads.
+    pub uploads: PerKeyLimit<Tenant>,
     pub limits: Arc<Limits>,
     pub topics: TopicArgs,
     pub max_body_bytes: usize,
@@ -121,6 +125,7 @@ impl App {
             keys,
             producer,
             limiter: RateLimiter::new(args.rate_limit, args.rate_burst),
+            uploads: PerKeyLimit::new(args.max_uploads_per_tenant),
             limits: Arc::new(limits),
             topics: args.topics.clone(),
             max_body_bytes: args.max_body_bytes,

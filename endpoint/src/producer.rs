@@ -23,6 +23,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use flowhouse_schema::Tenant;
+use flowhouse_service::fairness::PerKeyLimit;
+
 use crate::config::Args;
 use crate::error::{ApiError, RETRY_WHEN_DOWN, RETRY_WHEN_FULL};
 use crate::telemetry;
@@ -37,6 +40,8 @@ pub struct Producer {
     health: Arc<Health>,
     in_flight: Arc<Semaphore>,
     capacity: usize,
+    /// Each workspace's share of `in_flight`.
+    tenant_in_flight: PerKeyLimit<Tenant>,
 }
 
 /// Whether the brokers are reachable, as last seen; shared with librdkafka's callbacks.
@@ -122,6 +127,7 @@ impl Producer {
             health,
             in_flight: Arc::new(Semaphore::new(capacity)),
             capacity,
+            tenant_in_flight: PerKeyLimit::new(args.max_in_flight_per_tenant.min(capacity)),
         }))
     }
 
@@ -145,12 +151,22 @@ impl Producer {
         }
     }
 
-    /// Room for `n` messages, or a 503 when the producer's queue is full (HTTP: the client
-    /// retries). A batch larger than the whole queue waits for the whole queue.
-    pub fn try_reserve(&self, n: usize) -> Result<Permit, ApiError> {
+    /// Room for `n` messages of `tenant`, or a 503 when its share or the producer's queue is
+    /// full (HTTP: the client retries). A batch larger than a share waits for the whole share.
+    pub fn try_reserve(&self, tenant: Tenant, n: usize) -> Result<Permit, ApiError> {
+        let Some(share) = self.tenant_in_flight.try_acquire(&tenant, n) else {
+            return Err(ApiError::Unavailable {
+                detail: format!(
+                    "this workspace has {} messages waiting for Kafka, its share of the \
+                     producer's queue; nothing was accepted, send again shortly",
+                    self.tenant_in_flight.held(&tenant)
+                ),
+                retry_after: RETRY_WHEN_FULL,
+            });
+        };
         let n = self.permits_for(n);
         match self.in_flight.clone().try_acquire_many_owned(n) {
-            Ok(permit) => Ok(Permit::new(permit)),
+            Ok(permit) => Ok(Permit::new(permit, share)),
             Err(_) => Err(ApiError::Unavailable {
                 detail: format!(
                     "the producer's queue is full ({} messages waiting for Kafka); nothing was \
@@ -162,8 +178,10 @@ impl Producer {
         }
     }
 
-    /// Room for `n` messages, waiting for it (websockets: backpressure instead of refusal).
-    pub async fn reserve(&self, n: usize) -> Permit {
+    /// Room for `n` messages of `tenant`, waiting for it (websockets: backpressure instead of
+    /// refusal); its own share first, so a waiting workspace holds nothing the others need.
+    pub async fn reserve(&self, tenant: Tenant, n: usize) -> Permit {
+        let share = self.tenant_in_flight.acquire(&tenant, n).await;
         let n = self.permits_for(n);
         let permit = self
             .in_flight
@@ -171,7 +189,7 @@ impl Producer {
             .acquire_many_owned(n)
             .await
             .expect("the in-flight semaphore is never closed");
-        Permit::new(permit)
+        Permit::new(permit, share)
     }
 
     fn permits_for(&self, n: usize) -> u32 {
@@ -328,12 +346,16 @@ fn create(
 /// Room for some messages in the producer's queue, given back when dropped.
 pub struct Permit {
     _permit: OwnedSemaphorePermit,
+    _share: OwnedSemaphorePermit,
 }
 
 impl Permit {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
+    fn new(permit: OwnedSemaphorePermit, share: OwnedSemaphorePermit) -> Self {
         metrics::gauge!(telemetry::IN_FLIGHT).increment(permit.num_permits() as f64);
-        Self { _permit: permit }
+        Self {
+            _permit: permit,
+            _share: share,
+        }
     }
 }
 

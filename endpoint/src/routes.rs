@@ -119,6 +119,19 @@ async fn ingest(
         .limiter
         .check(tenant)
         .map_err(|wait| rate_limited(stream, wait))?;
+    // Held while the body is read and produced: a workspace uploading many large batches at
+    // once is bounded by its own share, before any of its bytes are read.
+    let _upload = shared
+        .uploads
+        .try_acquire(&tenant, 1)
+        .ok_or_else(|| ApiError::RateLimited {
+            detail: format!(
+                "this workspace is uploading {} batches at once, its limit; send this one again \
+             after the Retry-After delay",
+                shared.uploads.per_key()
+            ),
+            retry_after: std::time::Duration::from_secs(1),
+        })?;
     shared.producer.check_available()?;
 
     let body = read_body(headers, body, shared.max_body_bytes).await?;
@@ -137,7 +150,7 @@ async fn ingest(
         .map_err(|wait| rate_limited(stream, wait))?;
 
     // Held until every delivery resolved: the queue bound counts this batch meanwhile.
-    let _permit = shared.producer.try_reserve(items.len())?;
+    let _permit = shared.producer.try_reserve(tenant, items.len())?;
     let envelope = Envelope {
         tenant,
         received: Some(Utc::now()),

@@ -285,7 +285,7 @@ impl Session {
         while let Err(wait) = shared.limiter.take(self.tenant, 1) {
             self.drive(tokio::time::sleep(wait)).await?;
         }
-        let permit = self.drive(shared.producer.reserve(1)).await?;
+        let permit = self.drive(shared.producer.reserve(self.tenant, 1)).await?;
 
         let received = Utc::now();
         let envelope = Envelope {

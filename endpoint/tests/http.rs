@@ -376,11 +376,13 @@ async fn a_workspace_over_its_rate_limit_gets_429_with_retry_after() {
 async fn a_full_producer_queue_is_a_503_with_retry_after() {
     let setup = Setup::new(Stack::from_env().kafka);
     let writer = setup.writer();
+    let other = setup.writer();
     // Messages wait a minute in librdkafka before being sent, so ten of them fill a queue of
     // ten for the rest of the test.
     let endpoint = setup
         .start(|args| {
             args.max_in_flight = 10;
+            args.max_in_flight_per_tenant = 10;
             args.delivery_timeout = Duration::from_secs(300);
             args.kafka.properties.push("linger.ms=60000".into());
         })
@@ -404,15 +406,56 @@ async fn a_full_producer_queue_is_a_503_with_retry_after() {
     )
     .await;
 
+    // The same workspace is refused from its own share...
     let response = endpoint.post_events(&writer, &[event("no room")]).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
+    let detail = error_body(response).await["detail"].clone();
+    assert!(detail.as_str().unwrap().contains("its share"), "{detail}");
+    // ...and another one by the whole queue, which the first filled.
+    let response = endpoint.post_events(&other, &[event("no room")]).await;
+    assert_eq!(response.status(), 503);
+    let detail = error_body(response).await["detail"].clone();
     assert!(
-        error_body(response).await["detail"]
-            .as_str()
-            .unwrap()
-            .contains("queue is full")
+        detail.as_str().unwrap().contains("queue is full"),
+        "{detail}"
     );
+}
+
+#[tokio::test]
+async fn one_workspace_cannot_take_the_whole_producer_queue() {
+    let setup = Setup::new(Stack::from_env().kafka);
+    let (greedy, other) = (setup.writer(), setup.writer());
+    let endpoint = setup
+        .start(|args| {
+            args.max_in_flight = 10;
+            args.max_in_flight_per_tenant = 6;
+            args.delivery_timeout = Duration::from_secs(300);
+            args.kafka.properties.push("linger.ms=60000".into());
+        })
+        .await;
+    let mut socket = endpoint
+        .websocket(&greedy.tenant, Some(&greedy.key))
+        .await
+        .expect("websocket");
+    // The greedy workspace sends ten; only its share of six goes in flight, the socket waits.
+    for i in 0..10 {
+        socket
+            .send(tungstenite::Message::text(
+                event(&format!("g{i}")).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    common::wait_until(
+        "six messages in flight",
+        Duration::from_secs(60),
+        || async { endpoint.app.in_flight() == 6 },
+    )
+    .await;
+    // Room is left for the other workspace.
+    let four: Vec<_> = (0..4).map(|i| event(&format!("o{i}"))).collect();
+    assert_eq!(endpoint.post_events(&other, &four).await.status(), 204);
 }
 
 #[tokio::test]

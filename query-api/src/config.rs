@@ -92,6 +92,7 @@ mod defaults {
     pub const MAX_RESULT_ROWS: u64 = 10_000;
     pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
     pub const MAX_CONCURRENT_QUERIES: usize = 16;
+    pub const MAX_CONCURRENT_PER_TENANT: usize = 4;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const CACHE_BYTES: u64 = 256 * 1024 * 1024;
     pub const CACHE_FRESH: Duration = Duration::from_secs(10);
@@ -126,6 +127,10 @@ pub struct Settings {
     /// ClickHouse queries running at once; further ones wait (then 503).
     #[arg(long, env = "FLOWHOUSE_QUERY_MAX_CONCURRENT", default_value_t = defaults::MAX_CONCURRENT_QUERIES)]
     pub max_concurrent_queries: usize,
+    /// ClickHouse queries one tenant may run at once: a tenant's flood waits in (and is
+    /// refused from) its own share, never the others'.
+    #[arg(long, env = "FLOWHOUSE_QUERY_MAX_CONCURRENT_PER_TENANT", default_value_t = defaults::MAX_CONCURRENT_PER_TENANT)]
+    pub max_concurrent_per_tenant: usize,
     /// How long a request waits for a ClickHouse slot before a 503.
     #[arg(long, env = "FLOWHOUSE_QUERY_QUEUE_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub queue_timeout: Duration,
@@ -152,6 +157,7 @@ impl Default for Settings {
             max_result_rows: defaults::MAX_RESULT_ROWS,
             query_timeout: defaults::QUERY_TIMEOUT,
             max_concurrent_queries: defaults::MAX_CONCURRENT_QUERIES,
+            max_concurrent_per_tenant: defaults::MAX_CONCURRENT_PER_TENANT,
             queue_timeout: defaults::QUEUE_TIMEOUT,
             cache_bytes: defaults::CACHE_BYTES,
             cache_fresh: defaults::CACHE_FRESH,
@@ -257,6 +263,7 @@ mod tests {
             (d.query_timeout, d.max_concurrent_queries, d.queue_timeout),
             (p.query_timeout, p.max_concurrent_queries, p.queue_timeout)
         );
+        assert_eq!(d.max_concurrent_per_tenant, p.max_concurrent_per_tenant);
         assert_eq!(
             (
                 d.cache_bytes,

@@ -16,6 +16,8 @@ use flowhouse_schema::Tenant;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use flowhouse_service::fairness::PerKeyLimit;
+
 use crate::error::ApiError;
 use crate::telemetry;
 
@@ -26,6 +28,7 @@ pub const TENANT: &str = "account_id = {account_id:UUID} AND workspace_id = {wor
 /// A query under construction: SQL text written by this crate, plus bound parameters.
 #[derive(Clone, Debug)]
 pub struct Sql {
+    tenant: Tenant,
     text: String,
     params: Vec<(String, Value)>,
 }
@@ -33,6 +36,7 @@ pub struct Sql {
 impl Sql {
     pub fn new(tenant: Tenant) -> Self {
         Self {
+            tenant,
             text: String::new(),
             params: vec![
                 (
@@ -90,12 +94,17 @@ pub struct DbLimits {
     pub max_execution_secs: u64,
     /// How long a request waits for a free ClickHouse slot before it gets a 503.
     pub queue_timeout: Duration,
+    /// ClickHouse queries one tenant may run at once.
+    pub max_concurrent_per_tenant: usize,
 }
 
 #[derive(Clone)]
 pub struct Db {
     client: Client,
     slots: Arc<Semaphore>,
+    /// Each tenant's share of the slots: a tenant that floods queues behind its own share
+    /// (and gets 503s from it), never behind the others'.
+    tenant_slots: Arc<PerKeyLimit<Tenant>>,
     limits: DbLimits,
 }
 
@@ -104,6 +113,7 @@ impl Db {
         Self {
             client,
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            tenant_slots: Arc::new(PerKeyLimit::new(limits.max_concurrent_per_tenant)),
             limits,
         }
     }
@@ -128,10 +138,16 @@ impl Db {
             tracing::error!(kind, "query without the tenant predicate refused");
             return Err(ApiError::Internal);
         }
-        let _slot = tokio::time::timeout(self.limits.queue_timeout, self.slots.acquire())
-            .await
-            .map_err(|_| ApiError::Busy)?
-            .map_err(|_| ApiError::Internal)?;
+        // The tenant's share first, then a slot: waiting for its share, a tenant holds nothing
+        // the others could use.
+        let (_share, _slot) = tokio::time::timeout(self.limits.queue_timeout, async {
+            let share = self.tenant_slots.acquire(&sql.tenant, 1).await;
+            let slot = self.slots.clone().acquire_owned().await;
+            (share, slot)
+        })
+        .await
+        .map_err(|_| ApiError::Busy)?;
+        let _slot = _slot.map_err(|_| ApiError::Internal)?;
         metrics::counter!(telemetry::CLICKHOUSE_QUERIES, "query" => kind).increment(1);
         tracing::debug!(kind, sql = %sql.text, "ClickHouse query");
         let started = std::time::Instant::now();

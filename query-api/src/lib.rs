@@ -94,6 +94,7 @@ impl AppState {
             DbLimits {
                 max_execution_secs: settings.query_timeout.as_secs().max(1),
                 queue_timeout: settings.queue_timeout,
+                max_concurrent_per_tenant: settings.max_concurrent_per_tenant,
             },
         );
         let cache = ResponseCache::new(CachePolicy {

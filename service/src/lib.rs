@@ -2,6 +2,7 @@
 //!
 //! - [`clickhouse`] and [`kafka`]: the connection flags (`CLICKHOUSE_URL`, `KAFKA_BROKERS`, ...)
 //!   and the clients built from them, identical in tests and in production;
+//! - [`fairness`]: per-tenant shares of shared resources;
 //! - [`telemetry`]: tracing (JSON in production) and the Prometheus recorder;
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`;
 //! - [`http`]: how the public API is reached (Prefect's paths, trailing slashes, single-tenant
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod clickhouse;
+pub mod fairness;
 pub mod http;
 pub mod kafka;
 pub mod openapi;

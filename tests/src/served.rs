@@ -19,6 +19,8 @@ pub struct Served {
     pub key: String,
     /// A key of another tenant.
     pub other_key: String,
+    /// The tenant `other_key` holds.
+    pub other_tenant: Tenant,
     pub database: String,
     pub stack: Stack,
     _keys_dir: tempfile::TempDir,
@@ -46,13 +48,17 @@ impl Served {
             tenant.account_id,
             vec![tenant.workspace_id],
             vec![Scope::Write, Scope::Read],
-            Some("prefect sdk".into()),
+            Some("first tenant".into()),
         )
         .unwrap();
+        let other_tenant = Tenant {
+            account_id: Uuid::new_v4(),
+            workspace_id: Uuid::new_v4(),
+        };
         let other_key = flowhouse_keys::cli::create(
             &keys_file,
-            Uuid::new_v4(),
-            vec![Uuid::new_v4()],
+            other_tenant.account_id,
+            vec![other_tenant.workspace_id],
             vec![Scope::Write, Scope::Read],
             Some("other tenant".into()),
         )
@@ -78,6 +84,7 @@ impl Served {
             tenant,
             key,
             other_key,
+            other_tenant,
             database,
             stack,
             _keys_dir: keys_dir,
@@ -88,6 +95,16 @@ impl Served {
 
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The workspace base URL of `tenant`.
+    pub fn url_of(&self, tenant: Tenant) -> String {
+        format!(
+            "{}/api/accounts/{}/workspaces/{}",
+            self.base(),
+            tenant.account_id,
+            tenant.workspace_id
+        )
     }
 
     pub fn workspace_url(&self) -> String {
