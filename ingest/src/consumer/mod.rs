@@ -1,0 +1,421 @@
+//! The consumer-group loop: consume, decode, batch, flush, commit; rebalances, backpressure and
+//! graceful shutdown.
+//!
+//! One task owns all partition state and is the only one that touches the consumer; each closed
+//! batch is flushed by a task of its own (dead letters, record, insert), at most one per
+//! partition at a time so that commits stay in offset order. Flush tasks report back over a
+//! channel and the loop commits.
+
+mod backpressure;
+mod commit;
+mod context;
+mod flush;
+mod gate;
+mod in_flight;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use flowhouse_schema::Stream;
+use flowhouse_schema::decode::decode_message;
+use flowhouse_schema::event::Limits;
+use flowhouse_service::admin::Readiness;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{BatchLimits, Item, PartitionBatcher, Range};
+use crate::dead_letter::{DeadLetter, DeadLetterProducer};
+use crate::manifest::Manifest;
+use crate::sink::{Backoff, Sink};
+use crate::telemetry;
+use commit::COMMIT_INTERVAL;
+use context::{IngestContext, RebalanceEvent};
+use flush::{Done, Finished, FlushContext, flush};
+use gate::Gate;
+use in_flight::InFlight;
+
+/// The running ingest service.
+pub struct Ingest {
+    consumer: Arc<StreamConsumer<IngestContext>>,
+    tables: HashMap<String, Stream>,
+    topics: HashMap<Stream, Arc<str>>,
+    batching: BatchLimits,
+    event_limits: Limits,
+    max_buffered: usize,
+    drain_timeout: Duration,
+    flush: FlushContext,
+    in_flight: Arc<InFlight>,
+}
+
+impl Ingest {
+    pub fn new(args: &crate::Args, readiness: Readiness) -> anyhow::Result<Self> {
+        telemetry::describe();
+        let in_flight = Arc::new(InFlight::default());
+        let client = args.clickhouse.client();
+        let manifest = Manifest::new(client.clone(), args.group.clone());
+        let context = IngestContext {
+            rebalances: Mutex::new(Vec::new()),
+            in_flight: in_flight.clone(),
+            manifest: manifest.clone(),
+            readiness: readiness.clone(),
+            stopping: CancellationToken::new(),
+            starts: Mutex::new(HashMap::new()),
+        };
+        let consumer: StreamConsumer<IngestContext> = args
+            .kafka
+            .config()?
+            .set("group.id", &args.group)
+            .set(
+                "session.timeout.ms",
+                args.session_timeout.as_millis().to_string(),
+            )
+            // Also the rebalance timeout: how long a rebalance waits for members that do not
+            // rejoin (crashed ones). The loop polls continuously, so it is never hit otherwise.
+            .set(
+                "max.poll.interval.ms",
+                (args.session_timeout * 3).as_millis().to_string(),
+            )
+            // Offsets are committed by hand, after ClickHouse acknowledged the rows before them.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(context)
+            .context("cannot create the Kafka consumer")?;
+        let producer = args
+            .kafka
+            .config()?
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .context("cannot create the dead-letter producer")?;
+        let tables = HashMap::from([
+            (args.topics.events_topic.clone(), Stream::Events),
+            (args.topics.logs_topic.clone(), Stream::Logs),
+        ]);
+        let topics = tables
+            .iter()
+            .map(|(topic, table)| (*table, Arc::from(topic.as_str())))
+            .collect();
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            tables,
+            topics,
+            batching: args.batching.clone(),
+            event_limits: Limits {
+                max_event_bytes: args.max_event_bytes,
+                ..Limits::default()
+            },
+            max_buffered: args.max_buffered_bytes,
+            drain_timeout: args.drain_timeout,
+            flush: FlushContext {
+                group: args.group.clone(),
+                sink: Sink::new(client),
+                manifest,
+                dead_letters: DeadLetterProducer::new(producer, args.topics.dlq_topic.clone()),
+                readiness,
+                backoff: Backoff::default(),
+            },
+            in_flight,
+        })
+    }
+
+    /// Consumes until `shutdown` fires, then inserts and commits what is buffered.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // A rebalance callback blocked on ClickHouse must give up when the service stops.
+        let stopping = self.consumer.context().stopping.clone();
+        let stop_watch = shutdown.clone();
+        tokio::spawn(async move {
+            stop_watch.cancelled().await;
+            stopping.cancel();
+        });
+        let topics: Vec<&str> = self.tables.keys().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .with_context(|| format!("cannot subscribe to {topics:?}"))?;
+        tracing::info!(?topics, group = %self.flush.group, "consuming");
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let mut state = State::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(done) = done_rx.recv() => self.on_done(&mut state, done),
+                message = self.consumer.recv() => {
+                    self.on_rebalances(&mut state);
+                    match message {
+                        Ok(message) => self.on_message(&mut state, &message),
+                        Err(error) => tracing::warn!(%error, "Kafka consumer error"),
+                    }
+                }
+                _ = tick.tick() => {
+                    self.on_rebalances(&mut state);
+                    let now = Instant::now();
+                    for partition in state.partitions.values_mut() {
+                        partition.batcher.close_due(&self.batching, now);
+                    }
+                    if now.duration_since(state.last_commit) >= COMMIT_INTERVAL {
+                        state.last_commit = now;
+                        self.commit_stored(&mut state, CommitMode::Async);
+                    }
+                }
+            }
+            self.start_flushes(&mut state, &done_tx);
+            self.apply_backpressure(&mut state);
+        }
+        self.drain(state, done_tx, done_rx).await;
+        Ok(())
+    }
+
+    fn on_message(&self, state: &mut State, message: &BorrowedMessage<'_>) {
+        let Some(&table) = self.tables.get(message.topic()) else {
+            tracing::warn!(
+                topic = message.topic(),
+                "message from a topic we did not subscribe to"
+            );
+            return;
+        };
+        metrics::counter!(telemetry::CONSUMED, "topic" => message.topic().to_string()).increment(1);
+        let Some(partition) = self.admit(state, table, message) else {
+            return;
+        };
+        let offset = message.offset();
+        let item = match decode_message(table, message, &self.event_limits, Utc::now()) {
+            Ok(row) => Item::Row(row),
+            Err(refusal) => {
+                metrics::counter!(telemetry::DEAD_LETTERS, "topic" => message.topic().to_string(), "kind" => refusal.kind.as_str())
+                    .increment(1);
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    kind = %refusal.kind,
+                    reason = %refusal.reason,
+                    "dead-lettering a message"
+                );
+                Item::Dead(DeadLetter::from_message(message, refusal))
+            }
+        };
+        let partition = state.partitions.get_mut(&partition).expect("admitted");
+        partition
+            .batcher
+            .push(offset, item, &self.batching, Instant::now());
+    }
+
+    /// Whether a message joins its partition's current pass: not while the partition is being
+    /// moved to its resume position, and not if it was delivered before. Returns the key.
+    fn admit(
+        &self,
+        state: &mut State,
+        stream: Stream,
+        message: &BorrowedMessage<'_>,
+    ) -> Option<(Stream, i32)> {
+        let key = (stream, message.partition());
+        let offset = message.offset();
+        if !state.partitions.contains_key(&key) {
+            let latest = self.start_gate(state, key, message)?;
+            state.next_generation += 1;
+            state.partitions.insert(
+                key,
+                Partition::new(stream, key.1, state.next_generation, latest),
+            );
+        }
+        let partition = state.partitions.get_mut(&key).expect("inserted above");
+        // Offsets only grow within a partition: a lower or equal one is a message delivered
+        // again (seen with tansu at the end of a log). It is already batched or stored.
+        if partition.last_offset.is_some_and(|last| offset <= last) {
+            metrics::counter!(telemetry::REDELIVERED, "topic" => message.topic().to_string())
+                .increment(1);
+            return None;
+        }
+        partition.last_offset = Some(offset);
+        Some(key)
+    }
+
+    fn on_done(&self, state: &mut State, finished: Finished) {
+        match finished {
+            Finished::Flushed {
+                key,
+                generation,
+                next_offset,
+            } => {
+                if let Some(partition) = state.current(key, generation) {
+                    partition.flushing = None;
+                    partition.stored = Some(next_offset);
+                }
+            }
+            Finished::Abandoned { key, generation } => {
+                if let Some(partition) = state.current(key, generation) {
+                    partition.flushing = None;
+                }
+            }
+        }
+    }
+
+    fn start_flushes(&self, state: &mut State, done: &Done) {
+        for (&key, partition) in &mut state.partitions {
+            if partition.flushing.is_some() {
+                continue;
+            }
+            let Some(batch) = partition.batcher.take_closed() else {
+                continue;
+            };
+            partition.flushing = Some(batch.bytes);
+            let slot = self
+                .in_flight
+                .register((self.topics[&key.0].clone(), key.1));
+            tokio::spawn(flush(
+                batch,
+                self.topics[&key.0].clone(),
+                partition.generation,
+                self.flush.clone(),
+                slot,
+                done.clone(),
+            ));
+        }
+    }
+
+    fn on_rebalances(&self, state: &mut State) {
+        let events = std::mem::take(&mut *lock(&self.consumer.context().rebalances));
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(keys) => {
+                    for (topic, partition) in keys {
+                        let Some(&table) = self.tables.get(&topic) else {
+                            continue;
+                        };
+                        state.gates.remove(&(table, partition));
+                        if let Some(state) = state.partitions.remove(&(table, partition)) {
+                            // Uncommitted rows are dropped here and replayed by the next owner.
+                            state.cancel.cancel();
+                        }
+                    }
+                }
+                RebalanceEvent::Assigned(count) => {
+                    self.flush.readiness.ready("kafka");
+                    tracing::info!(partitions = count, "partitions assigned");
+                    if state.paused
+                        && let Ok(assignment) = self.consumer.assignment()
+                    {
+                        let _ = self.consumer.pause(&assignment);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After SIGTERM: close what can be closed, insert and commit it, within the drain timeout.
+    async fn drain(
+        &self,
+        mut state: State,
+        done: Done,
+        mut done_rx: mpsc::UnboundedReceiver<Finished>,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        for partition in state.partitions.values_mut() {
+            partition.batcher.close_for_shutdown();
+        }
+        loop {
+            self.start_flushes(&mut state, &done);
+            if state.partitions.values().all(|p| p.flushing.is_none()) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                Ok(Some(finished)) => self.on_done(&mut state, finished),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::error!(
+                        timeout = ?self.drain_timeout,
+                        "drain timed out; batches not inserted yet will be replayed on the next start (nothing is lost)"
+                    );
+                    self.in_flight.cancel_all();
+                    break;
+                }
+            }
+        }
+        // Make the final offsets durable before leaving the group.
+        self.commit_stored(&mut state, CommitMode::Sync);
+        let left: usize = state
+            .partitions
+            .values()
+            .map(Partition::buffered_bytes)
+            .sum();
+        tracing::info!(left_for_replay_bytes = left, "ingest stopped");
+    }
+}
+
+struct State {
+    partitions: HashMap<(Stream, i32), Partition>,
+    /// Partitions waiting for their first message at their resume position.
+    gates: HashMap<(Stream, i32), Gate>,
+    next_generation: u64,
+    paused: bool,
+    last_commit: Instant,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            partitions: HashMap::new(),
+            gates: HashMap::new(),
+            next_generation: 0,
+            paused: false,
+            last_commit: Instant::now(),
+        }
+    }
+}
+
+impl State {
+    /// The partition's state if it is still the same assignment as `generation`.
+    fn current(&mut self, key: (Stream, i32), generation: u64) -> Option<&mut Partition> {
+        self.partitions
+            .get_mut(&key)
+            .filter(|partition| partition.generation == generation)
+    }
+}
+
+struct Partition {
+    batcher: PartitionBatcher,
+    generation: u64,
+    /// Bytes of the batch being flushed, if one is.
+    flushing: Option<usize>,
+    /// The offset after the last batch ClickHouse acknowledged, and the last one committed.
+    stored: Option<i64>,
+    committed: Option<i64>,
+    /// The last offset taken, to drop messages delivered twice.
+    last_offset: Option<i64>,
+    cancel: CancellationToken,
+}
+
+impl Partition {
+    fn new(stream: Stream, partition: i32, generation: u64, latest: Option<Range>) -> Self {
+        Self {
+            batcher: PartitionBatcher::new(stream, partition, latest),
+            generation,
+            flushing: None,
+            stored: None,
+            committed: None,
+            last_offset: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.batcher.buffered_bytes() + self.flushing.unwrap_or(0)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
