@@ -2,7 +2,8 @@
 
 use rdkafka::consumer::Consumer;
 
-use super::{Ingest, Partition, State};
+use super::Ingest;
+use super::state::{Partition, State};
 use crate::telemetry;
 
 impl Ingest {
@@ -15,9 +16,6 @@ impl Ingest {
             .map(Partition::buffered_bytes)
             .sum();
         metrics::gauge!(telemetry::BUFFERED_BYTES).set(buffered as f64);
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
         if !state.paused && buffered > self.max_buffered {
             tracing::warn!(
                 buffered,
@@ -25,11 +23,15 @@ impl Ingest {
                 "buffers full: pausing consumption"
             );
             state.paused = true;
-            let _ = self.consumer.pause(&assignment);
+            let _ = self
+                .consumer
+                .pause(&self.partition_list(state.assigned.keys()));
         } else if state.paused && buffered < self.max_buffered / 2 {
             tracing::info!(buffered, "buffers drained: resuming consumption");
             state.paused = false;
-            let _ = self.consumer.resume(&assignment);
+            let _ = self
+                .consumer
+                .resume(&self.partition_list(state.assigned.keys()));
         }
         metrics::gauge!(telemetry::PAUSED).set(if state.paused { 1.0 } else { 0.0 });
     }

@@ -25,9 +25,12 @@ use crate::telemetry;
 /// How long a revocation waits for the revoked partitions' flushes to reach a safe point.
 pub(super) const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
+/// What the callbacks tell the consume loop, which owns the partitions' state.
 pub(super) enum RebalanceEvent {
     Revoked(Vec<(String, i32)>),
-    Assigned(usize),
+    /// The new partitions, each with where it starts (`None` if the service stopped before the
+    /// manifest answered: its messages are dropped).
+    Assigned(Vec<((String, i32), Option<Start>)>),
 }
 
 /// The consumer's callbacks: rebalances and statistics.
@@ -37,8 +40,6 @@ pub(super) struct IngestContext {
     pub(super) manifest: Manifest,
     pub(super) readiness: Readiness,
     pub(super) stopping: CancellationToken,
-    /// Where each partition of the current assignment starts, until its first message.
-    pub(super) starts: Mutex<HashMap<(String, i32), Start>>,
 }
 
 impl IngestContext {
@@ -135,7 +136,7 @@ impl ConsumerContext for IngestContext {
         // Start each partition where the manifest says, not where the broker's committed offset
         // says: the manifest is written in the same system as the rows, and some
         // Kafka-compatible brokers keep commits unreliably. Partitions without a recorded range
-        // start at the committed offset (or the earliest one).
+        // start at their earliest offset (see the gate).
         let mut topics: Vec<String> = list
             .elements()
             .iter()
@@ -143,22 +144,22 @@ impl ConsumerContext for IngestContext {
             .collect();
         topics.sort();
         topics.dedup();
-        if let Some(positions) = self.resume_positions(&topics) {
-            let starts: HashMap<(String, i32), Start> = list
-                .elements()
-                .iter()
-                .map(|element| {
-                    let key = (element.topic().to_string(), element.partition());
-                    let start = positions
+        let positions = self.resume_positions(&topics);
+        let starts: Vec<((String, i32), Option<Start>)> = list
+            .elements()
+            .iter()
+            .map(|element| {
+                let key = (element.topic().to_string(), element.partition());
+                let start = positions.as_ref().map(|positions| {
+                    positions
                         .get(&key)
-                        .map_or(Start::Beginning, |&range| Start::At(range));
-                    (key, start)
-                })
-                .collect();
-            tracing::info!(?starts, "resuming from the recorded batch ranges");
-            *lock(&self.starts) = starts;
-        }
-        lock(&self.rebalances).push(RebalanceEvent::Assigned(list.count()));
+                        .map_or(Start::Beginning, |&range| Start::At(range))
+                });
+                (key, start)
+            })
+            .collect();
+        tracing::info!(?starts, "resuming from the recorded batch ranges");
+        lock(&self.rebalances).push(RebalanceEvent::Assigned(starts));
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {

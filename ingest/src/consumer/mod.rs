@@ -12,9 +12,13 @@ mod context;
 mod flush;
 mod gate;
 mod in_flight;
+#[cfg(test)]
+mod replay_model;
+mod seek;
+mod state;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -29,7 +33,7 @@ use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{BatchLimits, Item, PartitionBatcher, Range};
+use crate::batch::{BatchLimits, Item};
 use crate::dead_letter::{DeadLetter, DeadLetterProducer};
 use crate::manifest::Manifest;
 use crate::sink::{Backoff, Sink};
@@ -37,8 +41,10 @@ use crate::telemetry;
 use commit::COMMIT_INTERVAL;
 use context::{IngestContext, RebalanceEvent};
 use flush::{Done, Finished, FlushContext, flush};
-use gate::Gate;
+use gate::{Gate, Verdict};
 use in_flight::InFlight;
+use seek::GateEvent;
+use state::{Assignment, Partition, State, lock};
 
 /// The running ingest service.
 pub struct Ingest {
@@ -60,12 +66,11 @@ impl Ingest {
         let client = args.clickhouse.client();
         let manifest = Manifest::new(client.clone(), args.group.clone());
         let context = IngestContext {
-            rebalances: Mutex::new(Vec::new()),
+            rebalances: std::sync::Mutex::new(Vec::new()),
             in_flight: in_flight.clone(),
             manifest: manifest.clone(),
             readiness: readiness.clone(),
             stopping: CancellationToken::new(),
-            starts: Mutex::new(HashMap::new()),
         };
         let consumer: StreamConsumer<IngestContext> = args
             .kafka
@@ -141,6 +146,7 @@ impl Ingest {
             .with_context(|| format!("cannot subscribe to {topics:?}"))?;
         tracing::info!(?topics, group = %self.flush.group, "consuming");
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (gate_tx, mut gate_rx) = mpsc::unbounded_channel();
         let mut state = State::default();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,19 +156,21 @@ impl Ingest {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(done) = done_rx.recv() => self.on_done(&mut state, done),
+                Some(event) = gate_rx.recv() => self.on_gate_event(&mut state, event, &gate_tx),
                 message = self.consumer.recv() => {
-                    self.on_rebalances(&mut state);
+                    self.on_rebalances(&mut state, &gate_tx);
                     match message {
-                        Ok(message) => self.on_message(&mut state, &message),
+                        Ok(message) => self.on_message(&mut state, &message, &gate_tx),
                         Err(error) => tracing::warn!(%error, "Kafka consumer error"),
                     }
                 }
                 _ = tick.tick() => {
-                    self.on_rebalances(&mut state);
+                    self.on_rebalances(&mut state, &gate_tx);
                     let now = Instant::now();
                     for partition in state.partitions.values_mut() {
                         partition.batcher.close_due(&self.batching, now);
                     }
+                    self.retry_seeks(&mut state, &gate_tx);
                     if now.duration_since(state.last_commit) >= COMMIT_INTERVAL {
                         state.last_commit = now;
                         self.commit_stored(&mut state, CommitMode::Async);
@@ -172,11 +180,19 @@ impl Ingest {
             self.start_flushes(&mut state, &done_tx);
             self.apply_backpressure(&mut state);
         }
+        for assignment in state.assigned.values() {
+            assignment.cancel.cancel();
+        }
         self.drain(state, done_tx, done_rx).await;
         Ok(())
     }
 
-    fn on_message(&self, state: &mut State, message: &BorrowedMessage<'_>) {
+    fn on_message(
+        &self,
+        state: &mut State,
+        message: &BorrowedMessage<'_>,
+        gate_events: &mpsc::UnboundedSender<GateEvent>,
+    ) {
         let Some(&table) = self.tables.get(message.topic()) else {
             tracing::warn!(
                 topic = message.topic(),
@@ -185,7 +201,7 @@ impl Ingest {
             return;
         };
         metrics::counter!(telemetry::CONSUMED, "topic" => message.topic().to_string()).increment(1);
-        let Some(partition) = self.admit(state, table, message) else {
+        let Some(partition) = self.admit(state, table, message, gate_events) else {
             return;
         };
         let offset = message.offset();
@@ -211,34 +227,50 @@ impl Ingest {
             .push(offset, item, &self.batching, Instant::now());
     }
 
-    /// Whether a message joins its partition's current pass: not while the partition is being
-    /// moved to its resume position, and not if it was delivered before. Returns the key.
+    /// Whether a message joins its partition's current pass, as the partition's gate decides:
+    /// not before the partition's resume position, not while it is being moved there, not if it
+    /// was delivered before. Returns the key.
     fn admit(
         &self,
         state: &mut State,
         stream: Stream,
         message: &BorrowedMessage<'_>,
+        gate_events: &mpsc::UnboundedSender<GateEvent>,
     ) -> Option<(Stream, i32)> {
         let key = (stream, message.partition());
         let offset = message.offset();
-        if !state.partitions.contains_key(&key) {
-            let latest = self.start_gate(state, key, message)?;
-            state.next_generation += 1;
-            state.partitions.insert(
-                key,
-                Partition::new(stream, key.1, state.next_generation, latest),
-            );
+        let assignment = state.assigned.get_mut(&key)?;
+        let gate = assignment.gate.as_mut()?;
+        match gate.observe(offset, Instant::now()) {
+            Verdict::Take => return Some(key),
+            Verdict::Open { replay } => {
+                let partition = Partition::new(stream, key.1, assignment.generation, replay);
+                state.partitions.insert(key, partition);
+                return Some(key);
+            }
+            Verdict::Skip => tracing::debug!(
+                topic = message.topic(),
+                partition = key.1,
+                offset,
+                "skipped before the resume position"
+            ),
+            Verdict::Redelivered => {
+                metrics::counter!(telemetry::REDELIVERED, "topic" => message.topic().to_string())
+                    .increment(1);
+            }
+            Verdict::Seek(target) => {
+                tracing::info!(
+                    topic = message.topic(),
+                    partition = key.1,
+                    offset,
+                    expected = target,
+                    "moving the partition to its resume position"
+                );
+                self.spawn_seek(key, assignment, target, gate_events);
+            }
+            Verdict::FetchLow => self.spawn_fetch_low(key, assignment, gate_events),
         }
-        let partition = state.partitions.get_mut(&key).expect("inserted above");
-        // Offsets only grow within a partition: a lower or equal one is a message delivered
-        // again (seen with tansu at the end of a log). It is already batched or stored.
-        if partition.last_offset.is_some_and(|last| offset <= last) {
-            metrics::counter!(telemetry::REDELIVERED, "topic" => message.topic().to_string())
-                .increment(1);
-            return None;
-        }
-        partition.last_offset = Some(offset);
-        Some(key)
+        None
     }
 
     fn on_done(&self, state: &mut State, finished: Finished) {
@@ -284,7 +316,7 @@ impl Ingest {
         }
     }
 
-    fn on_rebalances(&self, state: &mut State) {
+    fn on_rebalances(&self, state: &mut State, gate_events: &mpsc::UnboundedSender<GateEvent>) {
         let events = std::mem::take(&mut *lock(&self.consumer.context().rebalances));
         for event in events {
             match event {
@@ -293,20 +325,40 @@ impl Ingest {
                         let Some(&table) = self.tables.get(&topic) else {
                             continue;
                         };
-                        state.gates.remove(&(table, partition));
-                        if let Some(state) = state.partitions.remove(&(table, partition)) {
-                            // Uncommitted rows are dropped here and replayed by the next owner.
-                            state.cancel.cancel();
+                        if let Some(assignment) = state.assigned.remove(&(table, partition)) {
+                            assignment.cancel.cancel();
                         }
+                        // Rows not inserted yet are dropped here: the next owner replays them
+                        // from the manifest. The partition's flush was already stopped at a safe
+                        // point by the revocation callback (see `context`).
+                        state.partitions.remove(&(table, partition));
                     }
                 }
-                RebalanceEvent::Assigned(count) => {
+                RebalanceEvent::Assigned(starts) => {
                     self.flush.readiness.ready("kafka");
-                    tracing::info!(partitions = count, "partitions assigned");
-                    if state.paused
-                        && let Ok(assignment) = self.consumer.assignment()
-                    {
-                        let _ = self.consumer.pause(&assignment);
+                    tracing::info!(partitions = starts.len(), "partitions assigned");
+                    let mut added = Vec::new();
+                    for ((topic, partition), start) in starts {
+                        let Some(&table) = self.tables.get(&topic) else {
+                            continue;
+                        };
+                        state.next_generation += 1;
+                        let assignment = Assignment {
+                            gate: start.map(Gate::new),
+                            generation: state.next_generation,
+                            cancel: CancellationToken::new(),
+                        };
+                        // Moved to its start at once, not on its first message: a broker that
+                        // starts it at the end of its log would never deliver one.
+                        if let Some(gate) = &assignment.gate {
+                            let target = gate.initial_seek();
+                            self.spawn_seek((table, partition), &assignment, target, gate_events);
+                        }
+                        state.assigned.insert((table, partition), assignment);
+                        added.push((table, partition));
+                    }
+                    if state.paused {
+                        let _ = self.consumer.pause(&self.partition_list(&added));
                     }
                 }
             }
@@ -342,8 +394,8 @@ impl Ingest {
                 }
             }
         }
-        // Make the final offsets durable before leaving the group.
-        self.commit_stored(&mut state, CommitMode::Sync);
+        // Make the final offsets durable before leaving the group (a blocking call).
+        tokio::task::block_in_place(|| self.commit_stored(&mut state, CommitMode::Sync));
         let left: usize = state
             .partitions
             .values()
@@ -351,71 +403,4 @@ impl Ingest {
             .sum();
         tracing::info!(left_for_replay_bytes = left, "ingest stopped");
     }
-}
-
-struct State {
-    partitions: HashMap<(Stream, i32), Partition>,
-    /// Partitions waiting for their first message at their resume position.
-    gates: HashMap<(Stream, i32), Gate>,
-    next_generation: u64,
-    paused: bool,
-    last_commit: Instant,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        Self {
-            partitions: HashMap::new(),
-            gates: HashMap::new(),
-            next_generation: 0,
-            paused: false,
-            last_commit: Instant::now(),
-        }
-    }
-}
-
-impl State {
-    /// The partition's state if it is still the same assignment as `generation`.
-    fn current(&mut self, key: (Stream, i32), generation: u64) -> Option<&mut Partition> {
-        self.partitions
-            .get_mut(&key)
-            .filter(|partition| partition.generation == generation)
-    }
-}
-
-struct Partition {
-    batcher: PartitionBatcher,
-    generation: u64,
-    /// Bytes of the batch being flushed, if one is.
-    flushing: Option<usize>,
-    /// The offset after the last batch ClickHouse acknowledged, and the last one committed.
-    stored: Option<i64>,
-    committed: Option<i64>,
-    /// The last offset taken, to drop messages delivered twice.
-    last_offset: Option<i64>,
-    cancel: CancellationToken,
-}
-
-impl Partition {
-    fn new(stream: Stream, partition: i32, generation: u64, latest: Option<Range>) -> Self {
-        Self {
-            batcher: PartitionBatcher::new(stream, partition, latest),
-            generation,
-            flushing: None,
-            stored: None,
-            committed: None,
-            last_offset: None,
-            cancel: CancellationToken::new(),
-        }
-    }
-
-    fn buffered_bytes(&self) -> usize {
-        self.batcher.buffered_bytes() + self.flushing.unwrap_or(0)
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
