@@ -12,6 +12,8 @@ pub const BUFFERED_BYTES: &str = "flowhouse_ingest_buffered_bytes";
 pub const PAUSED: &str = "flowhouse_ingest_paused";
 pub const COMMITTED_OFFSET: &str = "flowhouse_ingest_committed_offset";
 pub const REDELIVERED: &str = "flowhouse_ingest_messages_redelivered_total";
+pub const PERMANENT_ERRORS: &str = "flowhouse_ingest_insert_permanent_errors_total";
+pub const STALLED_PARTITIONS: &str = "flowhouse_ingest_stalled_partitions";
 
 /// Registers descriptions, so that `/metrics` explains each series.
 pub fn describe() {
@@ -45,6 +47,15 @@ pub fn describe() {
     describe_gauge!(
         COMMITTED_OFFSET,
         "Last committed offset, by topic and partition."
+    );
+    describe_counter!(
+        PERMANENT_ERRORS,
+        "ClickHouse errors no retry fixes (schema, access), by step and error; the partition \
+         waits and retries slowly."
+    );
+    describe_gauge!(
+        STALLED_PARTITIONS,
+        "Partitions waiting on a permanent ClickHouse error (see /readyz for the remedy)."
     );
     describe_counter!(
         REDELIVERED,

@@ -450,6 +450,107 @@ async fn clickhouse_going_down_mid_stream_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_schema_mismatch_stalls_ingest_says_why_and_resumes_once_fixed() {
+    let setup = Setup::new(Stack::from_env(), "ingest_schema").await;
+    let tenants = fixtures::tenants(2);
+    let fixture = fixtures::orchestration(7, &tenants, 60, Utc::now());
+    let (first, second) = fixture.logs.split_at(fixture.logs.len() / 2);
+    setup.produce(&setup.topics.logs_topic, first).await;
+    let mut ingest = setup.start_ingest(&[]);
+    setup
+        .wait_for("SELECT count() FROM logs", first.len() as u64, &mut ingest)
+        .await;
+
+    // The schema drifts from what this version writes (an operator's ALTER, a half-applied
+    // migration): every insert into `logs` is refused until the column is back.
+    let alter = |from: &str, to: &str| format!("ALTER TABLE logs RENAME COLUMN {from} TO {to}");
+    setup
+        .client()
+        .query(&alter("message", "message_moved"))
+        .execute()
+        .await
+        .unwrap();
+    setup.produce(&setup.topics.logs_topic, second).await;
+
+    // Ingest waits (nothing may be skipped) and says why, and what to do, where operators look.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        let (status, body) = setup.http_get("/readyz").await;
+        if status == 503 && body.contains("stalled_partitions") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz never reported the stall: {status} {body}\n{}",
+            ingest.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(body.contains("flowhouse migrate"), "{body}");
+    assert!(
+        body.contains(&setup.topics.logs_topic),
+        "names the partition: {body}"
+    );
+    assert!(
+        setup
+            .metric("flowhouse_ingest_insert_permanent_errors_total")
+            .await
+            >= 1.0
+    );
+    assert!(setup.metric("flowhouse_ingest_stalled_partitions").await >= 1.0);
+    assert!(
+        ingest.log_text().contains("run `flowhouse migrate`"),
+        "the log tells the operator what to do:\n{}",
+        ingest.log_text()
+    );
+    assert!(ingest.is_running(), "a stall is not a crash");
+    assert_eq!(
+        setup.scalar("SELECT count() FROM logs").await,
+        first.len() as u64
+    );
+
+    // Fixed: the stalled partitions resume by themselves, and every line is stored once.
+    setup
+        .client()
+        .query(&alter("message_moved", "message"))
+        .execute()
+        .await
+        .unwrap();
+    setup
+        .wait_for(
+            "SELECT count() FROM logs",
+            fixture.logs.len() as u64,
+            &mut ingest,
+        )
+        .await;
+    assert_eq!(
+        setup
+            .scalar("SELECT uniqExact(account_id, workspace_id, timestamp, message) FROM logs")
+            .await,
+        fixture.logs.len() as u64
+    );
+    assert_eq!(
+        setup
+            .scalar("SELECT sum(logs) FROM log_counts_hourly")
+            .await,
+        fixture.logs.len() as u64
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while setup.http_get("/readyz").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            setup.http_get("/readyz").await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        setup.metric("flowhouse_ingest_stalled_partitions").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
     let setup = Setup::new(Stack::from_env(), "ingest_dlq").await;
     let tenant = fixtures::tenants(1)[0];

@@ -19,7 +19,8 @@ use super::in_flight::InFlight;
 use super::lock;
 use crate::batch::Range;
 use crate::manifest::Manifest;
-use crate::sink::{Backoff, retry};
+use crate::sink::{Backoff, Retry};
+use crate::stalls::Stalls;
 use crate::telemetry;
 
 /// How long a revocation waits for the revoked partitions' flushes to reach a safe point.
@@ -40,6 +41,7 @@ pub(super) struct IngestContext {
     pub(super) manifest: Manifest,
     pub(super) readiness: Readiness,
     pub(super) stopping: CancellationToken,
+    pub(super) stalls: Stalls,
 }
 
 impl IngestContext {
@@ -52,14 +54,15 @@ impl IngestContext {
         let fetch = async {
             let mut positions = HashMap::new();
             for topic in topics {
-                let latest = retry(
-                    "read resume positions",
-                    "clickhouse",
-                    &self.readiness,
-                    Backoff::default(),
-                    &self.stopping,
-                    || self.manifest.latest(topic),
-                )
+                let latest = Retry {
+                    what: "read resume positions",
+                    component: "clickhouse",
+                    readiness: &self.readiness,
+                    backoff: Backoff::default(),
+                    cancel: &self.stopping,
+                    stalls: Some((&self.stalls, "partition assignment")),
+                }
+                .run(|| self.manifest.latest(topic))
                 .await?;
                 positions.extend(
                     latest

@@ -12,7 +12,8 @@ use crate::batch::Batch;
 use crate::dead_letter::DeadLetterProducer;
 use crate::exactly_once::batch_token;
 use crate::manifest::Manifest;
-use crate::sink::{Backoff, Sink, retry};
+use crate::sink::{Backoff, Retry, Sink};
+use crate::stalls::Stalls;
 use crate::telemetry;
 
 /// What a flush task needs.
@@ -24,6 +25,7 @@ pub(super) struct FlushContext {
     pub(super) dead_letters: DeadLetterProducer,
     pub(super) readiness: Readiness,
     pub(super) backoff: Backoff,
+    pub(super) stalls: Stalls,
 }
 
 /// Inserts one batch: dead letters first, then record its range, insert, and report. Stops
@@ -39,33 +41,30 @@ pub(super) async fn flush(
     let _finished = FinishOnDrop(slot.clone());
     let key = (batch.stream, batch.partition);
     let cancel = &slot.cancel;
+    let who = format!("{topic}/{}", batch.partition);
+    let retry = |what, component| Retry {
+        what,
+        component,
+        readiness: &ctx.readiness,
+        backoff: ctx.backoff,
+        cancel,
+        stalls: Some((&ctx.stalls, &who)),
+    };
     let outcome = async {
         if !batch.dead_letters.is_empty() {
-            retry(
-                "deliver dead letters",
-                "kafka",
-                &ctx.readiness,
-                ctx.backoff,
-                cancel,
-                || ctx.dead_letters.deliver_all(&batch.dead_letters),
-            )
-            .await?;
+            retry("deliver dead letters", "kafka")
+                .run(|| ctx.dead_letters.deliver_all(&batch.dead_letters))
+                .await?;
         }
         // Every range is recorded, even one of dead letters only: the manifest is where the next
         // owner of the partition resumes.
         if !batch.recorded {
-            retry(
-                "record the batch range",
-                "clickhouse",
-                &ctx.readiness,
-                ctx.backoff,
-                cancel,
-                || {
+            retry("record the batch range", "clickhouse")
+                .run(|| {
                     ctx.manifest
                         .record(&topic, batch.partition, batch.range, batch.rows.len())
-                },
-            )
-            .await?;
+                })
+                .await?;
         }
         if !batch.rows.is_empty() {
             let token = batch_token(
@@ -76,15 +75,9 @@ pub(super) async fn flush(
                 batch.range.last,
             );
             let started = Instant::now();
-            retry(
-                "insert",
-                "clickhouse",
-                &ctx.readiness,
-                ctx.backoff,
-                cancel,
-                || ctx.sink.insert(&batch, &token),
-            )
-            .await?;
+            retry("insert", "clickhouse")
+                .run(|| ctx.sink.insert(&batch, &token))
+                .await?;
             let table = batch.stream.table();
             metrics::histogram!(telemetry::INSERT_SECONDS, "table" => table)
                 .record(started.elapsed().as_secs_f64());

@@ -37,6 +37,7 @@ use crate::batch::{BatchLimits, Item};
 use crate::dead_letter::{DeadLetter, DeadLetterProducer};
 use crate::manifest::Manifest;
 use crate::sink::{Backoff, Sink};
+use crate::stalls::Stalls;
 use crate::telemetry;
 use commit::COMMIT_INTERVAL;
 use context::{IngestContext, RebalanceEvent};
@@ -63,6 +64,7 @@ impl Ingest {
     pub fn new(args: &crate::Args, readiness: Readiness) -> anyhow::Result<Self> {
         telemetry::describe();
         let in_flight = Arc::new(InFlight::default());
+        let stalls = Stalls::new(readiness.clone());
         let client = args.clickhouse.client();
         let manifest = Manifest::new(client.clone(), args.group.clone());
         let context = IngestContext {
@@ -71,6 +73,7 @@ impl Ingest {
             manifest: manifest.clone(),
             readiness: readiness.clone(),
             stopping: CancellationToken::new(),
+            stalls: stalls.clone(),
         };
         let consumer: StreamConsumer<IngestContext> = args
             .kafka
@@ -126,6 +129,7 @@ impl Ingest {
                 dead_letters: DeadLetterProducer::new(producer, args.topics.dlq_topic.clone()),
                 readiness,
                 backoff: Backoff::default(),
+                stalls,
             },
             in_flight,
         })
