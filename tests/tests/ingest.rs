@@ -758,6 +758,113 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_too_large_to_produce_are_cut_to_fit_and_never_stall() {
+    let setup = Setup::new(Stack::from_env(), "ingest_dlq_big").await;
+    let tenant = fixtures::tenants(1)[0];
+    let valid = fixtures::orchestration(8, &[tenant], 5, Utc::now());
+    let envelope = Envelope {
+        tenant,
+        received: None,
+    };
+    let producer: FutureProducer = setup
+        .stack
+        .kafka
+        .config()
+        .unwrap()
+        .set("message.max.bytes", "3000000")
+        .create()
+        .unwrap();
+    // Not JSON, so dead-lettered: one over librdkafka's default producer limit (1 MB) but within
+    // the largest event (FLOWHOUSE_MAX_EVENT_BYTES, 1.5 MB), one over both. All on partition 0,
+    // before valid messages that must not wait behind them.
+    let garbage = |bytes: usize| vec![b'{'; bytes];
+    let mut offsets = Vec::new();
+    for bytes in [1_200_000, 2_000_000] {
+        let value = garbage(bytes);
+        let record = FutureRecord::to(&setup.topics.events_topic)
+            .key("k")
+            .partition(0)
+            .payload(&value)
+            .headers(envelope.headers());
+        let offset = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("the broker takes a 2 MB message")
+            .offset;
+        offsets.push(offset);
+    }
+    for (_, value) in &valid.events {
+        let record = FutureRecord::to(&setup.topics.events_topic)
+            .key("k")
+            .partition(0)
+            .payload(value)
+            .headers(envelope.headers());
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+    let mut ingest = setup.start_ingest(&[]);
+    setup
+        .wait_for(
+            "SELECT uniqExact(id) FROM events",
+            distinct_event_ids(&valid, &tenant) as u64,
+            &mut ingest,
+        )
+        .await;
+
+    let consumer: StreamConsumer = setup
+        .stack
+        .kafka
+        .config()
+        .unwrap()
+        .set("group.id", unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&setup.topics.dlq_topic]).unwrap();
+    let mut letters: BTreeMap<i64, (Vec<u8>, Option<String>)> = BTreeMap::new();
+    while letters.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("dead letters within 60 s")
+            .unwrap();
+        let header = |name: &str| {
+            message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let offset: i64 = header(header::DLQ_SOURCE_OFFSET).unwrap().parse().unwrap();
+        let value = message.payload().unwrap_or_default().to_vec();
+        letters.insert(offset, (value, header("flowhouse.dlq.truncated")));
+    }
+    let (whole, marker) = &letters[&offsets[0]];
+    assert_eq!(
+        whole.len(),
+        1_200_000,
+        "within the largest event: kept whole"
+    );
+    assert_eq!(marker, &None);
+    let (cut, marker) = &letters[&offsets[1]];
+    assert_eq!(marker.as_deref(), Some("2000000"), "says how large it was");
+    assert!(
+        cut.len() > 1_000_000 && cut.len() < 2_000_000 && cut.iter().all(|&b| b == b'{'),
+        "a prefix of the original that fits: {} bytes",
+        cut.len()
+    );
+    assert_eq!(
+        setup.metric("flowhouse_ingest_dead_letters_total").await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_inserts_and_commits_what_is_buffered() {
     let setup = Setup::new(Stack::from_env(), "ingest_term").await;
     let tenants = fixtures::tenants(2);

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchLimits, Item};
-use crate::dead_letter::{DeadLetter, DeadLetterProducer};
+use crate::dead_letter::{self, DeadLetter, DeadLetterProducer};
 use crate::manifest::Manifest;
 use crate::sink::{Backoff, Sink};
 use crate::stalls::Stalls;
@@ -96,11 +96,15 @@ impl Ingest {
             .set("statistics.interval.ms", "5000")
             .create_with_context(context)
             .context("cannot create the Kafka consumer")?;
+        let dead_letter_max = dead_letter::producer_max_bytes(args.max_event_bytes);
         let producer = args
             .kafka
             .config()?
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // The default (1 MB) is below the largest event: such a dead letter would be
+            // refused forever and stall its partition.
+            .set("message.max.bytes", dead_letter_max.to_string())
             .create()
             .context("cannot create the dead-letter producer")?;
         let tables = HashMap::from([
@@ -126,7 +130,11 @@ impl Ingest {
                 group: args.group.clone(),
                 sink: Sink::new(client),
                 manifest,
-                dead_letters: DeadLetterProducer::new(producer, args.topics.dlq_topic.clone()),
+                dead_letters: DeadLetterProducer::new(
+                    producer,
+                    args.topics.dlq_topic.clone(),
+                    dead_letter_max,
+                ),
                 readiness,
                 backoff: Backoff::default(),
                 stalls,
