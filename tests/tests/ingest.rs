@@ -19,6 +19,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use uuid::Uuid;
 
+/// A message of a fixture: its tenant and its value.
+type Sent = (Tenant, Vec<u8>);
+
 /// One test's world: its own database, topics and consumer group on a stack.
 #[derive(Clone)]
 struct Setup {
@@ -114,6 +117,14 @@ impl Setup {
             *end = (*end).max(delivery.offset + 1);
         }
         ends
+    }
+
+    /// Produces a slice of events and of logs, if there is one.
+    async fn produce_slice(&self, slice: Option<(&[Sent], &[Sent])>) {
+        if let Some((events, logs)) = slice {
+            self.produce(&self.topics.events_topic, events).await;
+            self.produce(&self.topics.logs_topic, logs).await;
+        }
     }
 
     fn client(&self) -> clickhouse::Client {
@@ -284,60 +295,79 @@ async fn killing_ingest_mid_stream_neither_loses_nor_duplicates() {
         ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "100ms"),
         ("FLOWHOUSE_INGEST_SESSION_TIMEOUT", "15s"),
     ];
-
-    // Produce while the service is being killed, in slices, as a live stream would arrive.
-    // (Slices also keep the backlog small: tansu's SQLite engine re-reads a partition's whole
-    // backlog on every fetch and answers group heartbeats only in between.)
-    let producing = {
-        let events = fixture.events.clone();
-        let logs = fixture.logs.clone();
-        let setup = setup.clone();
-        tokio::spawn(async move {
-            for (events, logs) in events
-                .chunks(events.len() / 8 + 1)
-                .zip(logs.chunks(logs.len() / 8 + 1))
-            {
-                setup.produce(&setup.topics.events_topic, events).await;
-                setup.produce(&setup.topics.logs_topic, logs).await;
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-            }
-        })
+    // The stream arrives in slices, one after each crash, so that every restart has messages
+    // waiting. (Slices also keep the backlog small: tansu's SQLite engine re-reads a partition's
+    // whole backlog on every fetch and answers group heartbeats only in between.)
+    const ROUNDS: usize = 3;
+    let slices = 2 * ROUNDS + 1;
+    let events: Vec<_> = fixture
+        .events
+        .chunks(fixture.events.len() / slices + 1)
+        .collect();
+    let logs: Vec<_> = fixture
+        .logs
+        .chunks(fixture.logs.len() / slices + 1)
+        .collect();
+    let mut slices = events.into_iter().zip(logs);
+    let stored = || async {
+        setup.scalar("SELECT count() FROM logs").await
+            + setup.scalar("SELECT count() FROM events").await
     };
 
-    let started = Instant::now();
-    let mut last_seen = 0;
-    for kill in 1..=4 {
+    setup.produce_slice(slices.next()).await;
+    let mut recoveries = Vec::new();
+    let mut last_seen;
+    for round in 1..=ROUNDS {
+        // Started right after the crash (the first time, after none), as a supervisor does.
+        let before = stored().await;
+        let started = Instant::now();
         let mut ingest = setup.start_ingest(&small_batches);
-        // Kill once it has stored more than before the previous kill: mid-stream, for sure.
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = started + Duration::from_secs(180);
         loop {
-            let seen = setup.scalar("SELECT count() FROM logs").await
-                + setup.scalar("SELECT count() FROM events").await;
-            if seen > last_seen {
+            let seen = stored().await;
+            if seen > before {
                 last_seen = seen;
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "no progress after restart {kill}; ingest log:\n{}",
+                "no progress after restart {round}; ingest log:\n{}",
                 ingest.log_text()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        if round > 1 {
+            recoveries.push(started.elapsed());
+        }
+        // Killed mid-stream, once it stored more than before the previous crash.
         tokio::time::sleep(Duration::from_millis(200)).await;
         ingest.kill9();
-        eprintln!(
-            "{:?}: kill {kill} with {last_seen} rows stored",
-            started.elapsed()
-        );
-        // A replacement comes up after the group has noticed the crash (the session timeout),
-        // as an orchestrator restarting a pod would; tansu only evicts a dead member when
-        // another joins after its session expired.
-        tokio::time::sleep(Duration::from_secs(16)).await;
+        eprintln!("round {round}: killed with {last_seen} rows stored");
+        setup.produce_slice(slices.next()).await;
+        // Restarted at once, and killed again a few seconds later: a crash loop leaves the
+        // broker two dead members holding the partitions.
+        let mut ingest = setup.start_ingest(&small_batches);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ingest.kill9();
+        setup.produce_slice(slices.next()).await;
     }
-    producing.await.unwrap();
+    for slice in slices {
+        setup.produce_slice(Some(slice)).await;
+    }
 
+    let before = stored().await;
+    let started = Instant::now();
     let mut ingest = setup.start_ingest(&small_batches);
+    while stored().await <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no progress after the last restart; ingest log:\n{}",
+            ingest.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    recoveries.push(started.elapsed());
+    eprintln!("from restart to the first new rows: {recoveries:?}");
     let all_ids: usize = tenants
         .iter()
         .map(|t| distinct_event_ids(&fixture, t))
@@ -356,6 +386,10 @@ async fn killing_ingest_mid_stream_neither_loses_nor_duplicates() {
             &mut ingest,
         )
         .await;
+    eprintln!(
+        "from the last restart to every row stored: {:?}",
+        started.elapsed()
+    );
 
     // Logs have no id to deduplicate on: every copy would show. Exactly one per line sent.
     assert_eq!(
@@ -869,11 +903,14 @@ async fn sigterm_inserts_and_commits_what_is_buffered() {
     let setup = Setup::new(Stack::from_env(), "ingest_term").await;
     let tenants = fixtures::tenants(2);
     let fixture = fixtures::orchestration(5, &tenants, 50, Utc::now());
-    // Batches never close on their own: only the drain can insert them.
-    let mut ingest = setup.start_ingest(&[
+    // Batches never close on their own: only the drain can insert them. A long session, so
+    // that a successor gets the partitions quickly only if the group was left.
+    let settings = [
         ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "1h"),
         ("FLOWHOUSE_INGEST_BATCH_MAX_ROWS", "1000000"),
-    ]);
+        ("FLOWHOUSE_INGEST_SESSION_TIMEOUT", "90s"),
+    ];
+    let mut ingest = setup.start_ingest(&settings);
     let ends = setup.produce(&setup.topics.logs_topic, &fixture.logs).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while setup
@@ -932,6 +969,31 @@ async fn sigterm_inserts_and_commits_what_is_buffered() {
             element.partition()
         );
     }
+
+    // It left the group on its way out: a successor is assigned the partitions at once, not
+    // after the stopped member's 90 s session expires.
+    assert!(ingest.log_text().contains("left the consumer group"));
+    let started = Instant::now();
+    let mut successor = setup.start_ingest(&settings);
+    loop {
+        // Refused while the successor starts.
+        let url = format!("http://127.0.0.1:{}/readyz", setup.admin_port);
+        let readyz: serde_json::Value = match reqwest::get(url).await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if readyz["components"]["kafka"]["ready"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no assignment for the successor: {readyz}\n{}",
+            successor.log_text()
+        );
+        assert!(successor.is_running(), "{}", successor.log_text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("successor assigned after {:?}", started.elapsed());
 }
 
 /// Per flow run, what docs/metrics.md defines, computed here from the messages themselves.

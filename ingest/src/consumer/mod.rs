@@ -12,6 +12,7 @@ mod context;
 mod flush;
 mod gate;
 mod in_flight;
+mod ownership;
 #[cfg(test)]
 mod replay_model;
 mod seek;
@@ -74,7 +75,9 @@ impl Ingest {
             readiness: readiness.clone(),
             stopping: CancellationToken::new(),
             stalls: stalls.clone(),
+            join_state: std::sync::Mutex::new(String::new()),
         };
+        readiness.ready(ownership::COMPONENT);
         let consumer: StreamConsumer<IngestContext> = args
             .kafka
             .config()?
@@ -159,6 +162,7 @@ impl Ingest {
         tracing::info!(?topics, group = %self.flush.group, "consuming");
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let (gate_tx, mut gate_rx) = mpsc::unbounded_channel();
+        let (owner_tx, mut owner_rx) = mpsc::unbounded_channel();
         let mut state = State::default();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -169,6 +173,7 @@ impl Ingest {
                 () = shutdown.cancelled() => break,
                 Some(done) = done_rx.recv() => self.on_done(&mut state, done),
                 Some(event) = gate_rx.recv() => self.on_gate_event(&mut state, event, &gate_tx),
+                Some(found) = owner_rx.recv() => self.on_ownership(&mut state, found),
                 message = self.consumer.recv() => {
                     self.on_rebalances(&mut state, &gate_tx);
                     match message {
@@ -187,6 +192,11 @@ impl Ingest {
                         state.last_commit = now;
                         self.commit_stored(&mut state, CommitMode::Async);
                     }
+                    if !state.checking && now.duration_since(state.last_check) >= ownership::CHECK_EVERY {
+                        state.last_check = now;
+                        state.checking = true;
+                        self.spawn_ownership_check(&state, &owner_tx);
+                    }
                 }
             }
             self.start_flushes(&mut state, &done_tx);
@@ -196,6 +206,7 @@ impl Ingest {
             assignment.cancel.cancel();
         }
         self.drain(state, done_tx, done_rx).await;
+        self.leave_group().await;
         Ok(())
     }
 
@@ -375,6 +386,29 @@ impl Ingest {
                 }
             }
         }
+    }
+
+    /// Leaves the group now, not when the client is dropped (which waits for every background
+    /// call holding it): the next member gets the partitions at once instead of after this
+    /// one's session expires. Unsubscribing revokes the assignment, which is served by polling;
+    /// the client sends its LeaveGroup request once that is done.
+    async fn leave_group(&self) {
+        let consumer = self.consumer.clone();
+        let _ = tokio::task::spawn_blocking(move || consumer.unsubscribe()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            // Messages still arriving are not batched: the next owner reads them.
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
+            if self
+                .consumer
+                .assignment()
+                .is_ok_and(|assignment| assignment.count() == 0)
+            {
+                tracing::info!("left the consumer group");
+                return;
+            }
+        }
+        tracing::warn!("could not leave the consumer group in time; its session will expire");
     }
 
     /// After SIGTERM: close what can be closed, insert and commit it, within the drain timeout.

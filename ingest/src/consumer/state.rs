@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ingest;
 use super::gate::Gate;
+use super::ownership::Ownership;
 use crate::batch::{PartitionBatcher, Range};
 
 pub(super) type Key = (Stream, i32);
@@ -23,6 +24,11 @@ pub(super) struct State {
     pub(super) next_generation: u64,
     pub(super) paused: bool,
     pub(super) last_commit: Instant,
+    /// Partitions nobody consumes (see `ownership`): the tracker, whether a check runs, and
+    /// when the last one started.
+    pub(super) ownership: Ownership,
+    pub(super) checking: bool,
+    pub(super) last_check: Instant,
 }
 
 impl Default for State {
@@ -33,6 +39,9 @@ impl Default for State {
             next_generation: 0,
             paused: false,
             last_commit: Instant::now(),
+            ownership: Ownership::default(),
+            checking: false,
+            last_check: Instant::now(),
         }
     }
 }
