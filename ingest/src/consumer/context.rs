@@ -42,8 +42,6 @@ pub(super) struct IngestContext {
     pub(super) readiness: Readiness,
     pub(super) stopping: CancellationToken,
     pub(super) stalls: Stalls,
-    /// The client's group join state from its latest statistics (`steady` between rebalances).
-    pub(super) join_state: Mutex<String>,
 }
 
 impl IngestContext {
@@ -91,18 +89,8 @@ pub(super) fn block_on_runtime<T>(future: impl Future<Output = T>) -> T {
     }
 }
 
-impl IngestContext {
-    /// Whether the client is in the group between rebalances, as its latest statistics say.
-    pub(super) fn steady(&self) -> bool {
-        *lock(&self.join_state) == "steady"
-    }
-}
-
 impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
-        if let Some(group) = &statistics.cgrp {
-            lock(&self.join_state).clone_from(&group.join_state);
-        }
         for (name, topic) in &statistics.topics {
             for (id, partition) in &topic.partitions {
                 if *id < 0 || partition.consumer_lag < 0 {

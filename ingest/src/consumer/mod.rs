@@ -75,7 +75,6 @@ impl Ingest {
             readiness: readiness.clone(),
             stopping: CancellationToken::new(),
             stalls: stalls.clone(),
-            join_state: std::sync::Mutex::new(String::new()),
         };
         readiness.ready(ownership::COMPONENT);
         let consumer: StreamConsumer<IngestContext> = args
@@ -344,6 +343,7 @@ impl Ingest {
         for event in events {
             match event {
                 RebalanceEvent::Revoked(keys) => {
+                    state.steady = false;
                     for (topic, partition) in keys {
                         let Some(&table) = self.tables.get(&topic) else {
                             continue;
@@ -358,6 +358,7 @@ impl Ingest {
                     }
                 }
                 RebalanceEvent::Assigned(starts) => {
+                    state.steady = true;
                     self.flush.readiness.ready("kafka");
                     tracing::info!(partitions = starts.len(), "partitions assigned");
                     let mut added = Vec::new();

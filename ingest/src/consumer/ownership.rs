@@ -30,12 +30,12 @@ use super::context::IngestContext;
 use super::state::State;
 use crate::telemetry;
 
-/// How often ownership is checked.
-pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often ownership is checked (only while this process does not own every partition).
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(3);
 /// How long a partition with messages waiting may show no progress before it counts as
-/// unowned: an owner records a batch range every second or so while it has messages, and
-/// commits every 5 s.
-const IDLE_AFTER: Duration = Duration::from_secs(10);
+/// unowned: an owner records a batch range every second or so while it has messages (the
+/// batch age), and commits every 5 s.
+const IDLE_AFTER: Duration = Duration::from_secs(6);
 /// The wait between two rejoins while partitions stay unowned, doubling up to the maximum: a
 /// rejoin before the dead members' sessions expire cannot help yet.
 const FIRST_REJOIN_WAIT: Duration = Duration::from_secs(10);
@@ -212,7 +212,7 @@ impl Ingest {
             .keys()
             .map(|(stream, partition)| (self.topics[stream].to_string(), *partition))
             .collect();
-        let steady = self.consumer.context().steady();
+        let steady = state.steady;
         let verdict = state
             .ownership
             .observe(Instant::now(), &seen, &owned, steady);

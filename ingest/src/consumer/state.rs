@@ -29,6 +29,8 @@ pub(super) struct State {
     pub(super) ownership: Ownership,
     pub(super) checking: bool,
     pub(super) last_check: Instant,
+    /// Between rebalances: the last one's assignment arrived and no revocation since.
+    pub(super) steady: bool,
 }
 
 impl Default for State {
@@ -42,6 +44,7 @@ impl Default for State {
             ownership: Ownership::default(),
             checking: false,
             last_check: Instant::now(),
+            steady: false,
         }
     }
 }
