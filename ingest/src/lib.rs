@@ -9,8 +9,8 @@
 //! - [`errors`]: which ClickHouse errors are transient and which need an operator;
 //! - [`stalls`]: partitions held up by the latter, reported in `/readyz` and a gauge;
 //! - [`dead_letter`]: refused messages to the dead-letter topic, with the reason in headers;
-//! - [`consumer`]: the consumer-group loop tying them together (rebalances, backpressure,
-//!   commits, shutdown);
+//! - [`consumer`]: the consumer-group loop tying them together (where partitions start,
+//!   rebalances, backpressure, commits, partitions nobody consumes, shutdown);
 //! - [`telemetry`]: the service's metrics.
 
 pub mod batch;

@@ -1,10 +1,19 @@
 //! The consumer-group loop: consume, decode, batch, flush, commit; rebalances, backpressure and
 //! graceful shutdown.
 //!
-//! One task owns all partition state and is the only one that touches the consumer; each closed
+//! One task owns all partition state and decides everything about the consumer; each closed
 //! batch is flushed by a task of its own (dead letters, record, insert), at most one per
 //! partition at a time so that commits stay in offset order. Flush tasks report back over a
-//! channel and the loop commits.
+//! channel and the loop commits. Client calls that block (seeks, offsets, metadata; up to 10 s
+//! each) run on the blocking pool and report back the same way, so the loop keeps consuming.
+//!
+//! - `gate`: where an assigned partition starts, a pure state machine (`seek` carries out
+//!   its answers; `replay_model` property-tests it with the batcher across crashes);
+//! - `state`: what the loop knows about its partitions, including the cached assignment;
+//! - `flush`, `in_flight`: one batch to ClickHouse, and stopping flushes on revocation;
+//! - `commit`, `backpressure`: advisory commits; pausing when buffers are full;
+//! - `context`: the client's callbacks (rebalances, statistics);
+//! - `ownership`: rejoining the group while partitions with messages waiting have no consumer.
 
 mod backpressure;
 mod commit;
