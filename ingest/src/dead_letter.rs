@@ -6,7 +6,8 @@
 //! event plus headers ([`producer_max_bytes`]), and a dead letter larger than that (the source
 //! topic allowed a bigger message, which is exactly why it was refused) is cut to fit, with
 //! [`DLQ_TRUNCATED`] saying how large its value was; if the dead-letter topic itself refuses it
-//! as too large, it goes without its value. The source headers say where the original is.
+//! as too large, it goes without its value (and, if still refused, without its key and original
+//! headers). The dead-letter headers always say where the original is.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -102,6 +103,15 @@ impl DeadLetter {
             letter.value = Some(value[..room.min(value.len())].to_vec());
         }
         Cow::Owned(letter)
+    }
+
+    /// The letter with an empty value, marked with its original size.
+    fn without_value(&self) -> DeadLetter {
+        DeadLetter {
+            value: Some(Vec::new()),
+            truncated: Some(self.value.as_ref().map_or(0, Vec::len)),
+            ..self.clone()
+        }
     }
 
     /// An upper bound of what librdkafka counts against `message.max.bytes` for this letter.
@@ -201,22 +211,31 @@ impl DeadLetterProducer {
                 "dead letter too large to produce: its value is cut to fit"
             );
         }
-        match self.send(&fitted).await {
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
-                tracing::warn!(
-                    topic = letter.source_topic,
-                    partition = letter.source_partition,
-                    offset = letter.source_offset,
-                    dlq = self.topic,
-                    "the dead-letter topic refused the letter as too large (its \
-                     max.message.bytes is below FLOWHOUSE_MAX_EVENT_BYTES plus headers): \
-                     sending it without its value"
-                );
-                self.send(&letter.fitted(0)).await
-            }
-            result => result,
+        let too_large = |result: &Result<(), KafkaError>| {
+            matches!(
+                result,
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                ))
+            )
+        };
+        let mut result = self.send(&fitted).await;
+        if too_large(&result) {
+            tracing::warn!(
+                topic = letter.source_topic,
+                partition = letter.source_partition,
+                offset = letter.source_offset,
+                dlq = self.topic,
+                "the dead-letter topic refused the letter as too large (its max.message.bytes is \
+                 below FLOWHOUSE_MAX_EVENT_BYTES plus headers): sending it without its value"
+            );
+            result = self.send(&letter.without_value()).await;
         }
-        .map_err(|error| anyhow::anyhow!("dead-letter delivery failed: {error}"))
+        if too_large(&result) {
+            // Even the original key and headers are too much: only where it came from is left.
+            result = self.send(&letter.fitted(0)).await;
+        }
+        result.map_err(|error| anyhow::anyhow!("dead-letter delivery failed: {error}"))
     }
 
     async fn send(&self, letter: &DeadLetter) -> Result<(), KafkaError> {
