@@ -26,6 +26,7 @@ use rdkafka::error::KafkaResult;
 use tokio::sync::mpsc;
 
 use super::Ingest;
+use super::commit::COMMIT_INTERVAL;
 use super::context::IngestContext;
 use super::state::State;
 use crate::telemetry;
@@ -33,9 +34,10 @@ use crate::telemetry;
 /// How often ownership is checked (only while this process does not own every partition).
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(3);
 /// How long a partition with messages waiting may show no progress before it counts as
-/// unowned: an owner records a batch range every second or so while it has messages (the
-/// batch age), and commits every 5 s.
-const IDLE_AFTER: Duration = Duration::from_secs(6);
+/// unowned: an owner records a batch range every second or so while messages arrive (the batch
+/// age), and commits what it inserted at most one commit interval later. Two intervals leave
+/// room for a slow insert: a false alarm costs a needless rebalance of the whole group.
+const IDLE_AFTER: Duration = Duration::from_secs(2 * COMMIT_INTERVAL.as_secs());
 /// The wait between two rejoins while partitions stay unowned, doubling up to the maximum: a
 /// rejoin before the dead members' sessions expire cannot help yet.
 const FIRST_REJOIN_WAIT: Duration = Duration::from_secs(10);
