@@ -200,7 +200,8 @@ impl Ingest {
                         state.last_commit = now;
                         self.commit_stored(&mut state, CommitMode::Async);
                     }
-                    if !state.checking && now.duration_since(state.last_check) >= ownership::CHECK_EVERY {
+                    let check_due = now.duration_since(state.last_check) >= ownership::CHECK_EVERY;
+                    if check_due && !state.checking {
                         state.last_check = now;
                         state.checking = true;
                         self.spawn_ownership_check(&state, &owner_tx);
