@@ -5,7 +5,9 @@
 //! 1. Creates unique topics and produces N messages of the load generator's workload (flow-run
 //!    events, task-run events and log lines of the last hour, several tenants) with its Kafka
 //!    driver.
-//! 2. Baseline: a plain rdkafka consumer, in a group of its own, reads all N and discards them.
+//! 2. Baseline: the load test's broker drain (`flowhouse_loadtest::run::baselines::broker`, the
+//!    one consume-and-discard implementation of the workspace) reads exactly the offsets
+//!    produced and discards them.
 //! 3. `flowhouse migrate` creates a fresh database; `flowhouse ingest` (the binary of this
 //!    program's profile, rebuilt first) drains the same topics into it: timed from its start
 //!    until `count()` of events plus logs equals N.
@@ -38,14 +40,13 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use flowhouse_loadtest::drive::{DriveOptions, DriveStats, kafka::produce};
 use flowhouse_loadtest::measure::Progress;
+use flowhouse_loadtest::run::baselines::{Rate, broker};
 use flowhouse_loadtest::workload::{Workload, WorkloadConfig, runs_for_messages};
 use flowhouse_schema::contract::TopicArgs;
 use flowhouse_service::clickhouse::ClickHouseArgs;
 use flowhouse_service::kafka::{KafkaArgs, ensure_topics};
 use flowhouse_tests::{Stack, free_port, unique_name, workspace_root};
-use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use serde_json::json;
 
 /// How long any stage may take before the run is declared stuck (a liveness bound).
@@ -121,24 +122,23 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let progress = Progress::new(true);
-    let before = consume_and_discard(&stack.kafka, &topics, n, &progress).await?;
+    let before = consume_and_discard(&stack.kafka, &topics).await?;
+    ensure!(before.items == n, "the drain read {} of {n}", before.items);
     eprintln!(
         "consume and discard: {:.1} s, {:.0} msg/s",
-        before.all,
-        n as f64 / before.all
+        before.secs, before.per_sec
     );
     let database = unique_name("throughput");
     let ingest = ingest(&binary, &stack, &topics, &database, n, &progress).await;
-    let after = consume_and_discard(&stack.kafka, &topics, n, &progress).await?;
+    let after = consume_and_discard(&stack.kafka, &topics).await?;
     eprintln!(
         "consume and discard again: {:.1} s, {:.0} msg/s",
-        after.all,
-        n as f64 / after.all
+        after.secs, after.per_sec
     );
     cleanup(&stack, &topics, &database).await;
     let ingest = ingest?;
 
-    let baseline_rate = (n as f64 / before.all + n as f64 / after.all) / 2.0;
+    let baseline_rate = (before.per_sec + after.per_sec) / 2.0;
     let ingest_rate = n as f64 / ingest.all;
     eprintln!(
         "flowhouse ingest: {:.1} s, {ingest_rate:.0} msg/s; ratio to consume-and-discard {:.3}",
@@ -153,8 +153,8 @@ async fn main() -> anyhow::Result<()> {
         "partitions": args.partitions,
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
         "produce_msgs_per_s": stats.ack_rate,
-        "consume_discard_before": before.json(n),
-        "consume_discard_after": after.json(n),
+        "consume_discard_before": {"seconds": before.secs, "msgs_per_s": before.per_sec},
+        "consume_discard_after": {"seconds": after.secs, "msgs_per_s": after.per_sec},
         "consume_discard_msgs_per_s": baseline_rate,
         "ingest": ingest.json(n),
         "ingest_msgs_per_s": ingest_rate,
@@ -223,40 +223,15 @@ fn build_flowhouse() -> anyhow::Result<PathBuf> {
     Ok(profile_dir.join("flowhouse"))
 }
 
-/// A plain consumer in a fresh group, reading both topics from the start and dropping every
-/// message: the broker's and librdkafka's ceiling for any consumer.
-async fn consume_and_discard(
-    kafka: &KafkaArgs,
-    topics: &TopicArgs,
-    n: u64,
-    progress: &Progress,
-) -> anyhow::Result<Drain> {
-    let bar = progress.counter("discard", Some(n), "msgs");
-    let consumer: StreamConsumer = kafka
-        .config()?
-        .set("group.id", unique_name("throughput_discard"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let started = Instant::now();
-    consumer.subscribe(&[&topics.events_topic, &topics.logs_topic])?;
-    let (mut seen, mut bytes, mut first) = (0u64, 0usize, None);
-    while seen < n {
-        let message = tokio::time::timeout(STAGE_LIMIT, consumer.recv())
-            .await
-            .with_context(|| format!("consumer stuck at {seen} of {n} messages"))??;
-        bytes += message.payload().map_or(0, <[u8]>::len);
-        first.get_or_insert_with(|| started.elapsed());
-        seen += 1;
-        bar.inc(1);
-    }
-    let all = started.elapsed();
-    bar.finish_and_clear();
-    std::hint::black_box(bytes);
-    Ok(Drain {
-        first: first.unwrap_or(all).as_secs_f64(),
-        all: all.as_secs_f64(),
+/// The broker's consume-and-discard rate for everything in the (fresh) topics: the load test's
+/// drain of `[0, end)` of every partition. Blocking calls, on the blocking pool.
+async fn consume_and_discard(kafka: &KafkaArgs, topics: &TopicArgs) -> anyhow::Result<Rate> {
+    let (kafka, topics) = (kafka.clone(), topics.clone());
+    tokio::task::spawn_blocking(move || {
+        let ends = broker::watermarks(&kafka, &[&topics.events_topic, &topics.logs_topic])?;
+        broker::drain(&kafka, &broker::Offsets::default(), &ends)
     })
+    .await?
 }
 
 /// Migrates a fresh database, starts `flowhouse ingest` on the topics and waits for all `n` rows.

@@ -392,4 +392,108 @@ mod tests {
         batcher.close_for_shutdown();
         assert_eq!(ranges(&mut batcher), vec![(10, 12, 3, false)]);
     }
+
+    /// Property tests: whatever the limits and the timing, a replay after a crash re-forms the
+    /// recorded batch exactly, and the batches of the two runs cover every offset once.
+    mod replay {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn row_at(offset: i64) -> Item {
+            let Item::Row(Row::Log(mut log)) = row() else {
+                unreachable!("row() is a log row")
+            };
+            // The offset, so that a batch says which messages it holds.
+            log.message = offset.to_string();
+            Item::Row(Row::Log(log))
+        }
+
+        /// A closed batch as (range, offsets of its rows, replayed).
+        type Closed = (Range, Vec<i64>, bool);
+
+        /// Pushes `offsets`, `steps[i]` ms apart, closing due batches as the loop's tick does.
+        fn run(
+            batcher: &mut PartitionBatcher,
+            offsets: &[i64],
+            steps: &[u16],
+            limits: &BatchLimits,
+        ) -> Vec<Closed> {
+            let mut now = Instant::now();
+            let mut closed = Vec::new();
+            for (i, &offset) in offsets.iter().enumerate() {
+                now += Duration::from_millis(u64::from(steps[i % steps.len()]));
+                batcher.close_due(limits, now);
+                batcher.push(offset, row_at(offset), limits, now);
+                closed.extend(take_all(batcher));
+            }
+            closed
+        }
+
+        fn take_all(batcher: &mut PartitionBatcher) -> Vec<Closed> {
+            std::iter::from_fn(|| batcher.take_closed())
+                .map(|batch| {
+                    let Rows::Logs(rows) = &batch.rows else {
+                        unreachable!("log rows")
+                    };
+                    let held = rows.iter().map(|r| r.message.parse().unwrap()).collect();
+                    (batch.range, held, batch.recorded)
+                })
+                .collect()
+        }
+
+        fn limits(max_rows: usize, max_age_ms: u64) -> BatchLimits {
+            BatchLimits {
+                max_rows,
+                max_bytes: usize::MAX,
+                max_age: Duration::from_millis(max_age_ms),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn a_replay_re_forms_the_recorded_batch_and_the_runs_cover_each_offset_once(
+                // Gaps between offsets stand for compacted messages and transaction markers.
+                gaps in prop::collection::vec(1..3i64, 1..80),
+                (rows1, age1, rows2, age2) in (1..8usize, 1..60u64, 1..8usize, 1..60u64),
+                steps1 in prop::collection::vec(0..30u16, 1..20),
+                steps2 in prop::collection::vec(0..30u16, 1..20),
+                crash in any::<prop::sample::Index>(),
+                from in any::<prop::sample::Index>(),
+            ) {
+                let offsets: Vec<i64> = gaps
+                    .iter()
+                    .scan(100, |offset, gap| {
+                        *offset += gap;
+                        Some(*offset)
+                    })
+                    .collect();
+                let mut first = PartitionBatcher::new(Stream::Logs, 0, None);
+                let before = run(&mut first, &offsets, &steps1, &limits(rows1, age1));
+                prop_assume!(!before.is_empty());
+                // The first run recorded batch k, then crashed: everything before it is stored.
+                let k = crash.index(before.len());
+                let (recorded, held, _) = before[k].clone();
+
+                // The next owner starts anywhere at or before the recorded first offset (its
+                // gate skips nothing the batcher must see), with other limits and timing.
+                let start = offsets.iter().position(|&o| o == recorded.first).unwrap();
+                let replayed = &offsets[from.index(start + 1)..];
+                let mut second = PartitionBatcher::new(Stream::Logs, 0, Some(recorded));
+                let mut after = run(&mut second, replayed, &steps2, &limits(rows2, age2));
+                second.close_due(&limits(rows2, age2), Instant::now() + Duration::from_secs(3600));
+                after.extend(take_all(&mut second));
+
+                prop_assert_eq!(&after[0], &(recorded, held, true), "the replay re-forms batch {}", k);
+                let mut covered: Vec<i64> = before[..k].iter().flat_map(|(_, held, _)| held.clone()).collect();
+                covered.extend(after.iter().flat_map(|(_, held, _)| held.clone()));
+                let stored_last = after.last().map_or(recorded.last, |(range, _, _)| range.last);
+                let expected: Vec<i64> = offsets.iter().copied().filter(|&o| o <= stored_last).collect();
+                prop_assert_eq!(covered, expected);
+                for pair in before[..k].iter().chain(&after).collect::<Vec<_>>().windows(2) {
+                    prop_assert!(pair[0].0.last < pair[1].0.first, "ranges in order, no overlap");
+                }
+            }
+        }
+    }
 }

@@ -32,10 +32,17 @@
 //! ClickHouse because it must be written in the same system as the rows, and because
 //! Kafka-compatible brokers differ in how reliably they keep commits: tansu's memory engine,
 //! used in development, resumed groups past their committed offsets. For the same reason the
-//! consumer does not trust where the broker starts it: until the first message of a partition
-//! is the expected offset, earlier ones are skipped and later ones trigger a seek back; a
-//! message at or below the last offset taken is a redelivery and is dropped (counted in
-//! `flowhouse_ingest_messages_redelivered_total`).
+//! consumer does not trust where the broker starts it: each assigned partition is moved to its
+//! start at once, and until its first message is the expected offset, earlier ones are skipped
+//! and later ones trigger another seek back; a message at or below the last offset taken is a
+//! redelivery and is dropped (counted in `flowhouse_ingest_messages_redelivered_total`). That
+//! rule is the start gate, a pure state machine (`consumer/gate.rs`); `consumer/replay_model.rs`
+//! drives it, the real batcher and the real token through random interleavings of crashes,
+//! rebalances, redeliveries, late, stale and failed seeks, against a manifest and a table that
+//! behave as ClickHouse's do, and checks that every offset is stored exactly once. A seek still
+//! running from an earlier assignment in the same process can only move a partition back, never
+//! past its start (starts only move forward: the manifest's latest range and the broker's
+//! earliest offset only grow), so it causes redeliveries, which are dropped.
 //!
 //! A revocation waits for the revoked partitions' in-flight flushes to stop at a safe point
 //! before the group hands them over, so two owners never insert different cuts of one range.

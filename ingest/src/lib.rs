@@ -6,17 +6,21 @@
 //!   when replaying (see [`exactly_once`]);
 //! - [`manifest`]: the batch ranges recorded in ClickHouse before each insert;
 //! - [`sink`]: the insert itself, with its deduplication token, retried with backoff;
+//! - [`errors`]: which ClickHouse errors are transient and which need an operator;
+//! - [`stalls`]: partitions held up by the latter, reported in `/readyz` and a gauge;
 //! - [`dead_letter`]: refused messages to the dead-letter topic, with the reason in headers;
-//! - [`consumer`]: the consumer-group loop tying them together (rebalances, backpressure,
-//!   commits, shutdown);
+//! - [`consumer`]: the consumer-group loop tying them together (where partitions start,
+//!   rebalances, backpressure, commits, partitions nobody consumes, shutdown);
 //! - [`telemetry`]: the service's metrics.
 
 pub mod batch;
 pub mod consumer;
 pub mod dead_letter;
+pub mod errors;
 pub mod exactly_once;
 pub mod manifest;
 pub mod sink;
+pub mod stalls;
 pub mod telemetry;
 
 use std::net::SocketAddr;

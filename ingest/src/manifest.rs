@@ -73,17 +73,21 @@ impl Manifest {
         range: Range,
         rows: usize,
     ) -> clickhouse::error::Result<()> {
-        let mut insert = self.client.insert::<Recorded>("ingest_batches").await?;
-        insert
-            .write(&Recorded {
-                consumer_group: self.group.clone(),
-                topic: topic.to_string(),
-                partition,
-                first_offset: range.first,
-                last_offset: range.last,
-                rows: rows as u64,
-            })
-            .await?;
-        insert.end().await
+        let result = async {
+            let mut insert = self.client.insert::<Recorded>("ingest_batches").await?;
+            insert
+                .write(&Recorded {
+                    consumer_group: self.group.clone(),
+                    topic: topic.to_string(),
+                    partition,
+                    first_offset: range.first,
+                    last_offset: range.last,
+                    rows: rows as u64,
+                })
+                .await?;
+            insert.end().await
+        }
+        .await;
+        crate::sink::forget_schema_on_permanent(&self.client, result).await
     }
 }

@@ -1,6 +1,7 @@
 //! Inserting a batch: RowBinary with LZ4 through the official client, under the batch's
-//! deduplication token, retried with exponential backoff and full jitter until it succeeds or the
-//! partition is given up (revoked, shutdown).
+//! deduplication token, retried until it succeeds or the partition is given up (revoked,
+//! shutdown): with exponential backoff and full jitter while the failure is transient, slowly
+//! and loudly while it is permanent (see [`crate::errors`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +12,9 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Rows};
+use crate::errors::{Classify, ErrorClass};
+use crate::stalls::Stalls;
+use crate::telemetry;
 
 /// The insert side of ClickHouse.
 #[derive(Clone)]
@@ -26,10 +30,11 @@ impl Sink {
     /// Inserts the batch's rows with `token`. A repeated call with the same token and rows is
     /// dropped by ClickHouse, in the raw table and in every materialized view.
     pub async fn insert(&self, batch: &Batch, token: &str) -> clickhouse::error::Result<()> {
-        match &batch.rows {
+        let result = match &batch.rows {
             Rows::Events(rows) => self.insert_rows("events", rows, token).await,
             Rows::Logs(rows) => self.insert_rows("logs", rows, token).await,
-        }
+        };
+        forget_schema_on_permanent(&self.client, result).await
     }
 
     async fn insert_rows<T>(
@@ -57,11 +62,29 @@ impl Sink {
     }
 }
 
-/// Exponential backoff with full jitter (AWS architecture blog's "full jitter").
+/// The client caches each table's columns for its inserts; after a permanent error (a column
+/// renamed, a table replaced) they may be stale, and must be read again once the schema is fixed.
+pub(crate) async fn forget_schema_on_permanent<T>(
+    client: &Client,
+    result: clickhouse::error::Result<T>,
+) -> clickhouse::error::Result<T> {
+    if let Err(error) = &result
+        && matches!(error.class(), ErrorClass::Permanent(_))
+    {
+        client.clear_cached_metadata().await;
+    }
+    result
+}
+
+/// Exponential backoff with full jitter (AWS architecture blog's "full jitter") for transient
+/// failures; a long, lightly jittered wait for permanent ones.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
+    /// About how long to wait after a permanent failure: long enough not to flood ClickHouse
+    /// and the log with a failure that needs an operator, short enough to resume soon after.
+    pub permanent: Duration,
 }
 
 impl Default for Backoff {
@@ -69,6 +92,7 @@ impl Default for Backoff {
         Self {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(10),
+            permanent: Duration::from_secs(15),
         }
     }
 }
@@ -81,51 +105,104 @@ impl Backoff {
             .min(self.max);
         ceiling.mul_f64(rand::rng().random::<f64>())
     }
+
+    /// Between half and all of `permanent`, so that stalled partitions do not retry in step.
+    fn permanent_delay(&self) -> Duration {
+        self.permanent
+            .mul_f64(0.5 + rand::rng().random::<f64>() / 2.0)
+    }
 }
 
-/// Runs `step` until it succeeds; `None` if `cancel` fires first. Every failure is logged and
-/// counted; after a few, readiness reports `component` as not ready with the last error, so that
-/// `/readyz` says what is wrong while nothing is lost.
-pub async fn retry<T, E, F, Fut>(
-    what: &'static str,
-    component: &'static str,
-    readiness: &Readiness,
-    backoff: Backoff,
-    cancel: &CancellationToken,
-    mut step: F,
-) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut attempt = 0u32;
-    loop {
-        if cancel.is_cancelled() {
-            return None;
-        }
-        match step().await {
-            Ok(value) => {
-                if attempt >= 3 {
-                    tracing::info!(what, attempts = attempt + 1, "succeeded after retries");
-                }
-                readiness.ready(component);
-                return Some(value);
+/// How one step is retried, and where its failures are reported.
+pub struct Retry<'a> {
+    /// The step, for logs and the `step` label of the metrics.
+    pub what: &'static str,
+    /// The readiness component a transient failure makes not ready.
+    pub component: &'static str,
+    pub readiness: &'a Readiness,
+    pub backoff: Backoff,
+    pub cancel: &'a CancellationToken,
+    /// Where a permanent failure is reported, and who it holds up (a partition).
+    pub stalls: Option<(&'a Stalls, &'a str)>,
+}
+
+impl Retry<'_> {
+    /// Runs `step` until it succeeds; `None` if `cancel` fires first. Every failure is logged
+    /// and counted. A transient one makes `component` not ready after a few attempts, with the
+    /// last error, so that `/readyz` says what is wrong while nothing is lost; a permanent one
+    /// stalls at once, with the remedy, and is retried slowly until someone fixes it.
+    pub async fn run<T, E, F, Fut>(&self, mut step: F) -> Option<T>
+    where
+        E: Classify,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 0u32;
+        let mut stalled = false;
+        let outcome = loop {
+            if self.cancel.is_cancelled() {
+                break None;
             }
-            Err(error) => {
-                metrics::counter!(crate::telemetry::RETRIES, "step" => what).increment(1);
-                let error = error.to_string();
-                if attempt >= 2 {
-                    readiness.not_ready(component, format!("{what} failing: {error}"));
+            let error = match step().await {
+                Ok(value) => {
+                    if attempt >= 3 {
+                        tracing::info!(
+                            what = self.what,
+                            attempts = attempt + 1,
+                            "succeeded after retries"
+                        );
+                    }
+                    self.readiness.ready(self.component);
+                    break Some(value);
                 }
-                tracing::warn!(what, attempt, %error, "failed; retrying");
-                attempt += 1;
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.delay(attempt)) => {}
-                    () = cancel.cancelled() => return None,
+                Err(error) => error,
+            };
+            metrics::counter!(telemetry::RETRIES, "step" => self.what).increment(1);
+            let delay = match error.class() {
+                ErrorClass::Transient => {
+                    if attempt >= 2 {
+                        self.readiness
+                            .not_ready(self.component, format!("{} failing: {error}", self.what));
+                    }
+                    tracing::warn!(what = self.what, attempt, %error, "failed; retrying");
+                    self.backoff.delay(attempt + 1)
                 }
+                ErrorClass::Permanent(permanent) => {
+                    metrics::counter!(telemetry::PERMANENT_ERRORS, "step" => self.what, "error" => permanent.name)
+                        .increment(1);
+                    tracing::error!(
+                        what = self.what,
+                        who = self.stalls.map_or("", |(_, who)| who),
+                        error = permanent.name,
+                        code = permanent.code,
+                        detail = %error,
+                        "ClickHouse refuses this until someone acts: {}; waiting and retrying \
+                         (nothing is skipped or lost)",
+                        permanent.remedy
+                    );
+                    if let Some((stalls, who)) = self.stalls {
+                        stalls.stall(
+                            who,
+                            format!(
+                                "{} refused by ClickHouse ({}): {error}. Fix: {}",
+                                self.what, permanent.name, permanent.remedy
+                            ),
+                        );
+                        stalled = true;
+                    }
+                    self.backoff.permanent_delay()
+                }
+            };
+            attempt += 1;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => break None,
             }
+        };
+        if stalled && let Some((stalls, who)) = self.stalls {
+            stalls.clear(who);
         }
+        outcome
     }
 }
 
@@ -138,12 +215,23 @@ mod tests {
         let backoff = Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(2),
+            permanent: Duration::from_secs(20),
         };
         for attempt in 0..40 {
             let ceiling = Duration::from_millis(100)
                 .saturating_mul(2u32.saturating_pow(attempt.min(16)))
                 .min(Duration::from_secs(2));
             assert!(backoff.delay(attempt) <= ceiling);
+            let permanent = backoff.permanent_delay();
+            assert!(permanent >= Duration::from_secs(10) && permanent <= Duration::from_secs(20));
+        }
+    }
+
+    fn fast() -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            permanent: Duration::from_millis(4),
         }
     }
 
@@ -151,30 +239,66 @@ mod tests {
     async fn retry_stops_on_success_and_on_cancel() {
         let readiness = Readiness::default();
         let cancel = CancellationToken::new();
-        let fast = Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(2),
+        let retry = Retry {
+            what: "test step",
+            component: "clickhouse",
+            readiness: &readiness,
+            backoff: fast(),
+            cancel: &cancel,
+            stalls: None,
         };
         let mut calls = 0;
-        let value = retry("test step", "clickhouse", &readiness, fast, &cancel, || {
-            calls += 1;
-            let result = if calls < 4 { Err("not yet") } else { Ok(calls) };
-            async move { result }
-        })
-        .await;
+        let value = retry
+            .run(|| {
+                calls += 1;
+                let result = if calls < 4 { Err("not yet") } else { Ok(calls) };
+                async move { result }
+            })
+            .await;
         assert_eq!(value, Some(4));
         assert!(readiness.is_ready());
 
         cancel.cancel();
-        let never: Option<()> = retry(
-            "test step",
-            "clickhouse",
-            &readiness,
-            fast,
-            &cancel,
-            || async { Err::<(), _>("down") },
-        )
-        .await;
+        let never: Option<()> = retry.run(|| async { Err::<(), _>("down") }).await;
         assert_eq!(never, None);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_stalls_the_partition_until_it_succeeds() {
+        let readiness = Readiness::default();
+        let stalls = Stalls::new(readiness.clone());
+        let cancel = CancellationToken::new();
+        let retry = Retry {
+            what: "insert",
+            component: "clickhouse",
+            readiness: &readiness,
+            backoff: fast(),
+            cancel: &cancel,
+            stalls: Some((&stalls, "logs/0")),
+        };
+        let mut calls = 0;
+        let mut stalled_while_failing = false;
+        let value = retry
+            .run(|| {
+                calls += 1;
+                // After the first failure, the partition is reported at once (no grace attempts).
+                if calls == 2 {
+                    stalled_while_failing = !readiness.is_ready();
+                }
+                let result = if calls < 3 {
+                    Err(clickhouse::error::Error::BadResponse(
+                        "Code: 16. DB::Exception: No such column m in table logs. \
+                         (NO_SUCH_COLUMN_IN_TABLE)"
+                            .into(),
+                    ))
+                } else {
+                    Ok(calls)
+                };
+                async move { result }
+            })
+            .await;
+        assert_eq!(value, Some(3));
+        assert!(stalled_while_failing);
+        assert!(readiness.is_ready(), "no longer stalled once it succeeded");
     }
 }

@@ -12,6 +12,10 @@ pub const BUFFERED_BYTES: &str = "flowhouse_ingest_buffered_bytes";
 pub const PAUSED: &str = "flowhouse_ingest_paused";
 pub const COMMITTED_OFFSET: &str = "flowhouse_ingest_committed_offset";
 pub const REDELIVERED: &str = "flowhouse_ingest_messages_redelivered_total";
+pub const PERMANENT_ERRORS: &str = "flowhouse_ingest_insert_permanent_errors_total";
+pub const STALLED_PARTITIONS: &str = "flowhouse_ingest_stalled_partitions";
+pub const UNOWNED_PARTITIONS: &str = "flowhouse_ingest_unowned_partitions";
+pub const REJOINS: &str = "flowhouse_ingest_group_rejoins_total";
 
 /// Registers descriptions, so that `/metrics` explains each series.
 pub fn describe() {
@@ -45,6 +49,24 @@ pub fn describe() {
     describe_gauge!(
         COMMITTED_OFFSET,
         "Last committed offset, by topic and partition."
+    );
+    describe_counter!(
+        PERMANENT_ERRORS,
+        "ClickHouse errors no retry fixes (schema, access), by step and error; the partition \
+         waits and retries slowly."
+    );
+    describe_gauge!(
+        STALLED_PARTITIONS,
+        "Partitions waiting on a permanent ClickHouse error (see /readyz for the remedy)."
+    );
+    describe_gauge!(
+        UNOWNED_PARTITIONS,
+        "Partitions with messages waiting that no member of the group has consumed for a while \
+         (a crashed member the broker has not replaced); ingest rejoins the group meanwhile."
+    );
+    describe_counter!(
+        REJOINS,
+        "Times this process left and joined its group again to get unowned partitions consumed."
     );
     describe_counter!(
         REDELIVERED,

@@ -19,6 +19,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use uuid::Uuid;
 
+/// A message of a fixture: its tenant and its value.
+type Sent = (Tenant, Vec<u8>);
+
 /// One test's world: its own database, topics and consumer group on a stack.
 #[derive(Clone)]
 struct Setup {
@@ -114,6 +117,14 @@ impl Setup {
             *end = (*end).max(delivery.offset + 1);
         }
         ends
+    }
+
+    /// Produces a slice of events and of logs, if there is one.
+    async fn produce_slice(&self, slice: Option<(&[Sent], &[Sent])>) {
+        if let Some((events, logs)) = slice {
+            self.produce(&self.topics.events_topic, events).await;
+            self.produce(&self.topics.logs_topic, logs).await;
+        }
     }
 
     fn client(&self) -> clickhouse::Client {
@@ -284,60 +295,79 @@ async fn killing_ingest_mid_stream_neither_loses_nor_duplicates() {
         ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "100ms"),
         ("FLOWHOUSE_INGEST_SESSION_TIMEOUT", "15s"),
     ];
-
-    // Produce while the service is being killed, in slices, as a live stream would arrive.
-    // (Slices also keep the backlog small: tansu's SQLite engine re-reads a partition's whole
-    // backlog on every fetch and answers group heartbeats only in between.)
-    let producing = {
-        let events = fixture.events.clone();
-        let logs = fixture.logs.clone();
-        let setup = setup.clone();
-        tokio::spawn(async move {
-            for (events, logs) in events
-                .chunks(events.len() / 8 + 1)
-                .zip(logs.chunks(logs.len() / 8 + 1))
-            {
-                setup.produce(&setup.topics.events_topic, events).await;
-                setup.produce(&setup.topics.logs_topic, logs).await;
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-            }
-        })
+    // The stream arrives in slices, one after each crash, so that every restart has messages
+    // waiting. (Slices also keep the backlog small: tansu's SQLite engine re-reads a partition's
+    // whole backlog on every fetch and answers group heartbeats only in between.)
+    const ROUNDS: usize = 3;
+    let slices = 2 * ROUNDS + 1;
+    let events: Vec<_> = fixture
+        .events
+        .chunks(fixture.events.len() / slices + 1)
+        .collect();
+    let logs: Vec<_> = fixture
+        .logs
+        .chunks(fixture.logs.len() / slices + 1)
+        .collect();
+    let mut slices = events.into_iter().zip(logs);
+    let stored = || async {
+        setup.scalar("SELECT count() FROM logs").await
+            + setup.scalar("SELECT count() FROM events").await
     };
 
-    let started = Instant::now();
-    let mut last_seen = 0;
-    for kill in 1..=4 {
+    setup.produce_slice(slices.next()).await;
+    let mut recoveries = Vec::new();
+    let mut last_seen;
+    for round in 1..=ROUNDS {
+        // Started right after the crash (the first time, after none), as a supervisor does.
+        let before = stored().await;
+        let started = Instant::now();
         let mut ingest = setup.start_ingest(&small_batches);
-        // Kill once it has stored more than before the previous kill: mid-stream, for sure.
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = started + Duration::from_secs(180);
         loop {
-            let seen = setup.scalar("SELECT count() FROM logs").await
-                + setup.scalar("SELECT count() FROM events").await;
-            if seen > last_seen {
+            let seen = stored().await;
+            if seen > before {
                 last_seen = seen;
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "no progress after restart {kill}; ingest log:\n{}",
+                "no progress after restart {round}; ingest log:\n{}",
                 ingest.log_text()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        if round > 1 {
+            recoveries.push(started.elapsed());
+        }
+        // Killed mid-stream, once it stored more than before the previous crash.
         tokio::time::sleep(Duration::from_millis(200)).await;
         ingest.kill9();
-        eprintln!(
-            "{:?}: kill {kill} with {last_seen} rows stored",
-            started.elapsed()
-        );
-        // A replacement comes up after the group has noticed the crash (the session timeout),
-        // as an orchestrator restarting a pod would; tansu only evicts a dead member when
-        // another joins after its session expired.
-        tokio::time::sleep(Duration::from_secs(16)).await;
+        eprintln!("round {round}: killed with {last_seen} rows stored");
+        setup.produce_slice(slices.next()).await;
+        // Restarted at once, and killed again a few seconds later: a crash loop leaves the
+        // broker two dead members holding the partitions.
+        let mut ingest = setup.start_ingest(&small_batches);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ingest.kill9();
+        setup.produce_slice(slices.next()).await;
     }
-    producing.await.unwrap();
+    for slice in slices {
+        setup.produce_slice(Some(slice)).await;
+    }
 
+    let before = stored().await;
+    let started = Instant::now();
     let mut ingest = setup.start_ingest(&small_batches);
+    while stored().await <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no progress after the last restart; ingest log:\n{}",
+            ingest.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    recoveries.push(started.elapsed());
+    eprintln!("from restart to the first new rows: {recoveries:?}");
     let all_ids: usize = tenants
         .iter()
         .map(|t| distinct_event_ids(&fixture, t))
@@ -356,6 +386,10 @@ async fn killing_ingest_mid_stream_neither_loses_nor_duplicates() {
             &mut ingest,
         )
         .await;
+    eprintln!(
+        "from the last restart to every row stored: {:?}",
+        started.elapsed()
+    );
 
     // Logs have no id to deduplicate on: every copy would show. Exactly one per line sent.
     assert_eq!(
@@ -447,6 +481,107 @@ async fn clickhouse_going_down_mid_stream_loses_nothing() {
         fixture.logs.len() as u64
     );
     drop(private);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_mismatch_stalls_ingest_says_why_and_resumes_once_fixed() {
+    let setup = Setup::new(Stack::from_env(), "ingest_schema").await;
+    let tenants = fixtures::tenants(2);
+    let fixture = fixtures::orchestration(7, &tenants, 60, Utc::now());
+    let (first, second) = fixture.logs.split_at(fixture.logs.len() / 2);
+    setup.produce(&setup.topics.logs_topic, first).await;
+    let mut ingest = setup.start_ingest(&[]);
+    setup
+        .wait_for("SELECT count() FROM logs", first.len() as u64, &mut ingest)
+        .await;
+
+    // The schema drifts from what this version writes (an operator's ALTER, a half-applied
+    // migration): every insert into `logs` is refused until the column is back.
+    let alter = |from: &str, to: &str| format!("ALTER TABLE logs RENAME COLUMN {from} TO {to}");
+    setup
+        .client()
+        .query(&alter("message", "message_moved"))
+        .execute()
+        .await
+        .unwrap();
+    setup.produce(&setup.topics.logs_topic, second).await;
+
+    // Ingest waits (nothing may be skipped) and says why, and what to do, where operators look.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        let (status, body) = setup.http_get("/readyz").await;
+        if status == 503 && body.contains("stalled_partitions") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz never reported the stall: {status} {body}\n{}",
+            ingest.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(body.contains("flowhouse migrate"), "{body}");
+    assert!(
+        body.contains(&setup.topics.logs_topic),
+        "names the partition: {body}"
+    );
+    assert!(
+        setup
+            .metric("flowhouse_ingest_insert_permanent_errors_total")
+            .await
+            >= 1.0
+    );
+    assert!(setup.metric("flowhouse_ingest_stalled_partitions").await >= 1.0);
+    assert!(
+        ingest.log_text().contains("run `flowhouse migrate`"),
+        "the log tells the operator what to do:\n{}",
+        ingest.log_text()
+    );
+    assert!(ingest.is_running(), "a stall is not a crash");
+    assert_eq!(
+        setup.scalar("SELECT count() FROM logs").await,
+        first.len() as u64
+    );
+
+    // Fixed: the stalled partitions resume by themselves, and every line is stored once.
+    setup
+        .client()
+        .query(&alter("message_moved", "message"))
+        .execute()
+        .await
+        .unwrap();
+    setup
+        .wait_for(
+            "SELECT count() FROM logs",
+            fixture.logs.len() as u64,
+            &mut ingest,
+        )
+        .await;
+    assert_eq!(
+        setup
+            .scalar("SELECT uniqExact(account_id, workspace_id, timestamp, message) FROM logs")
+            .await,
+        fixture.logs.len() as u64
+    );
+    assert_eq!(
+        setup
+            .scalar("SELECT sum(logs) FROM log_counts_hourly")
+            .await,
+        fixture.logs.len() as u64
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while setup.http_get("/readyz").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            setup.http_get("/readyz").await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        setup.metric("flowhouse_ingest_stalled_partitions").await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -657,15 +792,125 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_too_large_to_produce_are_cut_to_fit_and_never_stall() {
+    let setup = Setup::new(Stack::from_env(), "ingest_dlq_big").await;
+    let tenant = fixtures::tenants(1)[0];
+    let valid = fixtures::orchestration(8, &[tenant], 5, Utc::now());
+    let envelope = Envelope {
+        tenant,
+        received: None,
+    };
+    let producer: FutureProducer = setup
+        .stack
+        .kafka
+        .config()
+        .unwrap()
+        .set("message.max.bytes", "3000000")
+        .create()
+        .unwrap();
+    // Not JSON, so dead-lettered: one over librdkafka's default producer limit (1 MB) but within
+    // the largest event (FLOWHOUSE_MAX_EVENT_BYTES, 1.5 MB), one over both. All on partition 0,
+    // before valid messages that must not wait behind them.
+    let garbage = |bytes: usize| vec![b'{'; bytes];
+    let mut offsets = Vec::new();
+    for bytes in [1_200_000, 2_000_000] {
+        let value = garbage(bytes);
+        let record = FutureRecord::to(&setup.topics.events_topic)
+            .key("k")
+            .partition(0)
+            .payload(&value)
+            .headers(envelope.headers());
+        let offset = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("the broker takes a 2 MB message")
+            .offset;
+        offsets.push(offset);
+    }
+    for (_, value) in &valid.events {
+        let record = FutureRecord::to(&setup.topics.events_topic)
+            .key("k")
+            .partition(0)
+            .payload(value)
+            .headers(envelope.headers());
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+    let mut ingest = setup.start_ingest(&[]);
+    setup
+        .wait_for(
+            "SELECT uniqExact(id) FROM events",
+            distinct_event_ids(&valid, &tenant) as u64,
+            &mut ingest,
+        )
+        .await;
+
+    let consumer: StreamConsumer = setup
+        .stack
+        .kafka
+        .config()
+        .unwrap()
+        .set("group.id", unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&setup.topics.dlq_topic]).unwrap();
+    let mut letters: BTreeMap<i64, (Vec<u8>, Option<String>)> = BTreeMap::new();
+    while letters.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("dead letters within 60 s")
+            .unwrap();
+        let header = |name: &str| {
+            message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let offset: i64 = header(header::DLQ_SOURCE_OFFSET).unwrap().parse().unwrap();
+        let value = message.payload().unwrap_or_default().to_vec();
+        letters.insert(offset, (value, header("flowhouse.dlq.truncated")));
+    }
+    let (whole, marker) = &letters[&offsets[0]];
+    assert_eq!(
+        whole.len(),
+        1_200_000,
+        "within the largest event: kept whole"
+    );
+    assert_eq!(marker, &None);
+    let (cut, marker) = &letters[&offsets[1]];
+    assert_eq!(marker.as_deref(), Some("2000000"), "says how large it was");
+    assert!(
+        cut.len() > 1_000_000 && cut.len() < 2_000_000 && cut.iter().all(|&b| b == b'{'),
+        "a prefix of the original that fits: {} bytes",
+        cut.len()
+    );
+    assert_eq!(
+        setup.metric("flowhouse_ingest_dead_letters_total").await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_inserts_and_commits_what_is_buffered() {
     let setup = Setup::new(Stack::from_env(), "ingest_term").await;
     let tenants = fixtures::tenants(2);
     let fixture = fixtures::orchestration(5, &tenants, 50, Utc::now());
-    // Batches never close on their own: only the drain can insert them.
-    let mut ingest = setup.start_ingest(&[
+    // Batches never close on their own: only the drain can insert them. A long session, so
+    // that a successor gets the partitions quickly only if the group was left.
+    let settings = [
         ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "1h"),
         ("FLOWHOUSE_INGEST_BATCH_MAX_ROWS", "1000000"),
-    ]);
+        ("FLOWHOUSE_INGEST_SESSION_TIMEOUT", "90s"),
+    ];
+    let mut ingest = setup.start_ingest(&settings);
     let ends = setup.produce(&setup.topics.logs_topic, &fixture.logs).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while setup
@@ -724,6 +969,31 @@ async fn sigterm_inserts_and_commits_what_is_buffered() {
             element.partition()
         );
     }
+
+    // It left the group on its way out: a successor is assigned the partitions at once, not
+    // after the stopped member's 90 s session expires.
+    assert!(ingest.log_text().contains("left the consumer group"));
+    let started = Instant::now();
+    let mut successor = setup.start_ingest(&settings);
+    loop {
+        // Refused while the successor starts.
+        let url = format!("http://127.0.0.1:{}/readyz", setup.admin_port);
+        let readyz: serde_json::Value = match reqwest::get(url).await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if readyz["components"]["kafka"]["ready"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no assignment for the successor: {readyz}\n{}",
+            successor.log_text()
+        );
+        assert!(successor.is_running(), "{}", successor.log_text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("successor assigned after {:?}", started.elapsed());
 }
 
 /// Per flow run, what docs/metrics.md defines, computed here from the messages themselves.
