@@ -85,6 +85,11 @@ impl Sql {
     pub fn text(&self) -> &str {
         &self.text
     }
+
+    /// The bound parameters, `(name, value)`: what a request contributed to the query.
+    pub fn params(&self) -> &[(String, Value)] {
+        &self.params
+    }
 }
 
 /// Limits applied to every query.
