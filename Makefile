@@ -9,7 +9,7 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo test bench contract fairness stack-up stack-down stack-status lint
+.PHONY: demo test bench contract fairness fuzz stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
@@ -27,7 +27,8 @@ test:
 	trap '$(STACK) reset' EXIT; \
 	eval "$$($(STACK) up)"; \
 	cargo clippy --workspace --all-targets --locked -- -D warnings; \
-	cargo test --workspace --locked
+	cargo test --workspace --locked; \
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-10} deploy/local/fuzz
 
 # The OpenAPI contract at length: schemathesis with 500 examples per operation (make test: 25).
 contract:
@@ -46,6 +47,11 @@ fairness:
 	trap '$(STACK) reset' EXIT; \
 	eval "$$($(STACK) up)"; \
 	FLOWHOUSE_FAIRNESS_STRICT=1 cargo test --locked -p flowhouse-tests --test fairness -- --nocapture
+
+# Every fuzz target (cargo fuzz, and atheris for the bridge's framing decoder) for FUZZ_SECONDS
+# each (default 300; make test runs 10). FUZZ_MERGE=1 merges new coverage into fuzz/corpus/.
+fuzz:
+	deploy/local/fuzz
 
 lint:
 	cargo fmt --all -- --check

@@ -16,13 +16,20 @@ use crate::window;
 pub struct Args {
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
-    /// Where the API (and /healthz, /readyz, /metrics) is served.
+    /// Where the API is served.
     #[arg(
         long,
         env = "FLOWHOUSE_QUERY_API_LISTEN",
         default_value = "127.0.0.1:4201"
     )]
     pub listen: SocketAddr,
+    /// Where /healthz, /readyz and /metrics are served (keep it off the public network).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_QUERY_API_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9466"
+    )]
+    pub admin_listen: SocketAddr,
     /// The tenant API keys file.
     #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
     pub keys_file: PathBuf,
@@ -146,6 +153,10 @@ pub struct Settings {
     /// How long after a bucket closes it may still receive late events.
     #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_SETTLE", value_parser = duration, default_value = "10m")]
     pub cache_settle: Duration,
+    /// Send each query's tenant as the ClickHouse settings the tenant row policies read
+    /// (`flowhouse migrate --reader-user`); needs `SQL_` in the server's custom_settings_prefixes.
+    #[arg(long, env = "FLOWHOUSE_QUERY_TENANT_SETTINGS")]
+    pub tenant_settings: bool,
 }
 
 impl Default for Settings {
@@ -163,6 +174,7 @@ impl Default for Settings {
             cache_fresh: defaults::CACHE_FRESH,
             cache_settled: defaults::CACHE_SETTLED,
             cache_settle: defaults::CACHE_SETTLE,
+            tenant_settings: false,
         }
     }
 }

@@ -10,7 +10,8 @@
 //!   a backfill from ClickHouse, then live items from Kafka.
 //!
 //! Plus `/openapi.json` (generated from the handlers and types below), Prefect's
-//! `/admin/version` and `/health`, `/healthz`, `/readyz` and `/metrics` on the same port.
+//! `/admin/version` and `/health`; `/healthz`, `/readyz` and `/metrics` are served on a separate
+//! admin listener.
 //!
 //! Module map: [`config`] (flags), [`auth`] (key → tenant), [`db`] (the only way to ClickHouse: bound parameters,
 //! tenant predicate, concurrency limit, timeouts), [`cache`] (moka, single-flight, TTL, ETag),
@@ -95,6 +96,7 @@ impl AppState {
                 max_execution_secs: settings.query_timeout.as_secs().max(1),
                 queue_timeout: settings.queue_timeout,
                 max_concurrent_per_tenant: settings.max_concurrent_per_tenant,
+                tenant_settings: settings.tenant_settings,
             },
         );
         let cache = ResponseCache::new(CachePolicy {
@@ -161,15 +163,11 @@ where
     Ok(cache::respond(&entry, method, headers))
 }
 
-/// The whole HTTP surface: API routes, `/openapi.json` and the admin routes, behind the public
-/// API's path handling and CORS.
-pub fn router(state: AppState, readiness: Readiness) -> Router {
+/// The public HTTP surface: API routes and `/openapi.json`, behind the public API's path
+/// handling and CORS. The admin routes are served apart ([`admin::routes`]).
+pub fn router(state: AppState) -> Router {
     let public = state.public.clone();
-    public.router(
-        api_routes(state)
-            .route("/openapi.json", get(openapi::serve))
-            .merge(admin::routes(readiness)),
-    )
+    public.router(api_routes(state).route("/openapi.json", get(openapi::serve)))
 }
 
 /// The query routes alone, to be served with other services' routes in one process.
@@ -277,5 +275,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let (state, _tasks) = start(&args, &readiness).await?;
     let shutdown = flowhouse_service::shutdown::on_signal();
-    admin::serve(args.listen, router(state, readiness), shutdown).await
+    admin::serve_with_admin(
+        args.listen,
+        router(state),
+        args.admin_listen,
+        readiness,
+        shutdown,
+    )
+    .await
 }

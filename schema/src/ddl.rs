@@ -362,7 +362,7 @@ GROUP BY account_id, workspace_id, hour, level, flow_run_id",
 };
 
 impl SchemaConfig {
-    fn on_cluster(&self) -> String {
+    pub(crate) fn on_cluster(&self) -> String {
         match &self.topology {
             Topology::SingleNode => String::new(),
             Topology::Cluster(name) => format!(" ON CLUSTER '{name}'"),
@@ -495,7 +495,7 @@ pub(crate) const VIEWS: &[&View] = &[
     &LOG_COUNTS_HOURLY_MV,
 ];
 
-fn table_by_name(name: &str) -> &'static Table {
+pub(crate) fn table_by_name(name: &str) -> &'static Table {
     TABLES
         .iter()
         .find(|table| table.name == name)

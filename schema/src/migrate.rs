@@ -16,6 +16,7 @@ use flowhouse_service::clickhouse::ClickHouseArgs;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::access;
 use crate::ddl::{self, SchemaConfig, Topology};
 
 /// One schema version: everything its statements create.
@@ -201,6 +202,19 @@ pub struct Args {
     /// Print the statements that create the schema instead of applying them.
     #[arg(long)]
     pub print: bool,
+    /// Also create (or update) this read-only ClickHouse user for the query API, with the
+    /// tenant row policies (see `flowhouse_schema::access`). Needs a server with access
+    /// management; the local engine has none.
+    #[arg(long, env = "FLOWHOUSE_READER_USER")]
+    pub reader_user: Option<String>,
+    /// The password of --reader-user (rerunning migrate with a new one changes it).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_READER_PASSWORD",
+        hide_env_values = true,
+        requires = "reader_user"
+    )]
+    pub reader_password: Option<String>,
 }
 
 impl Args {
@@ -216,16 +230,44 @@ impl Args {
     }
 }
 
+/// The reader user of the flags: `None` without --reader-user; `Some(None)` with a user but no
+/// password (enough to print the role and policies).
+fn reader_user(args: &Args) -> anyhow::Result<Option<Option<access::ReaderUser>>> {
+    let Some(name) = &args.reader_user else {
+        return Ok(None);
+    };
+    if !access::is_plain_user_name(name) {
+        bail!(
+            "--reader-user {name:?}: use letters, digits and underscores (at most 64, not \
+             starting with a digit)"
+        );
+    }
+    Ok(Some(
+        args.reader_password
+            .as_deref()
+            .map(|password| access::ReaderUser::new(name, password)),
+    ))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.schema_config();
     if args.retention_days == 0 {
         bail!("--retention-days must be at least 1");
     }
+    let reader = reader_user(&args)?;
     if args.print {
         for statement in full_schema(&config) {
             println!("{statement};\n");
         }
+        if let Some(reader) = &reader {
+            for statement in access::reader_statements(&config, reader.as_ref()) {
+                println!("{statement};\n");
+            }
+        }
         return Ok(());
+    }
+    if let Some(None) = &reader {
+        bail!("--reader-user needs --reader-password (or FLOWHOUSE_READER_PASSWORD)");
     }
     let server = args.clickhouse.server_client();
     let applied = apply(&server, &config).await.with_context(|| {
@@ -234,6 +276,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             config.database, args.clickhouse.url
         )
     })?;
+    if let Some(Some(user)) = &reader {
+        for statement in access::reader_statements(&config, Some(user)) {
+            server.query(&statement).execute().await.with_context(|| {
+                format!(
+                    "cannot set up the reader user {} (the ClickHouse user of migrate needs \
+                     access management: CREATE ROLE, CREATE USER, CREATE ROW POLICY, GRANT)",
+                    user.name
+                )
+            })?;
+        }
+        println!(
+            "reader user {} holds {} (SELECT on the tenant tables, tenant row policies)",
+            user.name,
+            access::READER_ROLE
+        );
+    }
     let latest = migrations().last().map_or(0, |m| m.version);
     if applied.is_empty() {
         println!(

@@ -34,12 +34,24 @@ pub struct Harness {
     /// A key with only the `write` scope on tenant 0.
     pub write_only_key: String,
     pub base_url: String,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    pub admin_url: String,
     pub state: AppState,
     pub http: reqwest::Client,
     pub events: Vec<Ev>,
     pub logs: Vec<Lg>,
     /// Start of the generated data (a day boundary, 6 days ago).
     pub base: i64,
+}
+
+/// Serves `app` on a free loopback port.
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
 }
 
 fn record(key: &str, tenant: Tenant, scopes: Vec<Scope>) -> KeyRecord {
@@ -131,12 +143,8 @@ impl Harness {
         }
         let readiness = Readiness::default();
         readiness.ready("test");
-        let app = router(state.clone(), readiness);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let addr = serve(router(state.clone())).await;
+        let admin_addr = serve(flowhouse_service::admin::routes(readiness)).await;
         let now = chrono::Utc::now().timestamp_micros();
         Self {
             stack,
@@ -145,6 +153,7 @@ impl Harness {
             tenants: tenant_keys,
             write_only_key,
             base_url: format!("http://{addr}"),
+            admin_url: format!("http://{admin_addr}"),
             state,
             http: reqwest::Client::new(),
             events: Vec::new(),
@@ -291,7 +300,7 @@ impl Harness {
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self
             .http
-            .get(format!("{}/metrics", self.base_url))
+            .get(format!("{}/metrics", self.admin_url))
             .send()
             .await
             .unwrap()
