@@ -37,6 +37,9 @@ pub enum Command {
     Keys(flowhouse_keys::cli::Args),
     /// Generate a workload, drive it through Flowhouse and report what was measured.
     Loadtest(flowhouse_loadtest::Args),
+    /// Follow an orchestrator's server and produce what it sees to Kafka (`mirror prefect`).
+    #[command(subcommand)]
+    Mirror(flowhouse_mirror::Source),
 }
 
 /// Runs one subcommand to completion.
@@ -49,5 +52,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::QueryApi(args) => flowhouse_query_api::run(args).await,
         Command::Keys(args) => flowhouse_keys::cli::run(args),
         Command::Loadtest(args) => flowhouse_loadtest::run(args).await,
+        Command::Mirror(source) => flowhouse_mirror::run(source).await,
     }
 }
