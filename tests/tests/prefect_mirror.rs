@@ -1137,7 +1137,30 @@ async fn a_prefect_server_running_real_flows_is_mirrored_exactly() {
         );
         eprintln!("mirror B read {live:?} {stream} live");
     }
-    drop(mirror_b);
+    // SIGTERM: mirror B drains and exits cleanly; both mirrors' checkpoints, one per stream,
+    // are in ClickHouse under their own names.
+    let mut mirror_b = mirror_b;
+    assert_eq!(
+        mirror_b.terminate(Duration::from_secs(40)),
+        Some(0),
+        "mirror B did not stop cleanly on SIGTERM:\n{}",
+        mirror_b.log_text()
+    );
+    let checkpoints: Vec<(String, String)> = flowhouse
+        .stack
+        .clickhouse_client(&flowhouse.database)
+        .query("SELECT mirror, stream FROM mirror_checkpoints FINAL ORDER BY mirror, stream")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(checkpoints.len(), 4, "{checkpoints:?}");
+    for (tenant, _) in &flowhouse.tenants {
+        let mine = checkpoints
+            .iter()
+            .filter(|(name, _)| name.ends_with(&tenant.to_string()))
+            .count();
+        assert_eq!(mine, 2, "events and logs for {tenant}: {checkpoints:?}");
+    }
     drop(mirror_a);
     flowhouse
         .stack
