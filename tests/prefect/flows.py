@@ -1,4 +1,4 @@
-"""Real Prefect flows for tests/tests/prefect_mirror.rs, run against a real Prefect server (the
+"""Real Prefect flows for tests/tests/prefect_mirror/, run against a real Prefect server (the
 pinned 3.8.8 in the stack's Prefect venv, PREFECT_API_URL set by the test).
 
     flows.py setup POOL        create a process work pool and deploy `pipeline` and `crasher`
