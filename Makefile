@@ -9,10 +9,15 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo test bench contract fairness fuzz stack-up stack-down stack-status lint
+.PHONY: demo demo-prefect test bench contract fairness fuzz stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
+
+# A real Prefect server and real flows, mirrored into Flowhouse (`flowhouse mirror prefect`); the
+# tenant's dashboard from Flowhouse next to what Prefect reports.
+demo-prefect:
+	deploy/local/demo-prefect
 
 # The end-to-end benchmark; size from BENCH_EVENTS. Writes bench/results/latest.json.
 bench:

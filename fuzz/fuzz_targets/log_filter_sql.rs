@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         account_id: tenant.account_id,
         workspace_id: tenant.workspace_id,
         timestamp: chrono::Utc::now(),
+        id: Uuid::from_u128(5),
         received: chrono::Utc::now(),
         level: 20,
         name: "prefect.flow_runs".into(),

@@ -286,6 +286,7 @@ mod tests {
             account_id: Uuid::nil(),
             workspace_id: Uuid::nil(),
             timestamp: Utc::now(),
+            id: Uuid::nil(),
             received: Utc::now(),
             level: 20,
             name: "n".into(),

@@ -48,6 +48,7 @@ const RUN_COLUMNS: &[(&str, &str)] = &[
     ("final_name", "argMaxIfMerge(final_state)"),
     ("final_type", "argMaxIfMerge(final_state_type)"),
     ("last_name", "argMaxMerge(last_state)"),
+    ("last_type", "argMaxMerge(last_state_type)"),
 ];
 
 /// One merged row per flow run from the `flow_runs` rollup, with `columns` (names of
@@ -524,6 +525,8 @@ pub async fn log_counts(
     } else {
         format!(" AND isNotNull(flow_run_id){run_condition}")
     };
+    // Distinct ids: a line stored twice and not merged yet counts once, in the rollup
+    // (`uniqExact` states of the ids) as in the raw edges.
     let parts = rollup_and_edges(
         &mut sql,
         window,
@@ -531,13 +534,14 @@ pub async fn log_counts(
         "timestamp",
         |_, hours, b| {
             format!(
-                "SELECT {b} AS bucket, level, toUInt64(logs) AS lines FROM log_counts_hourly
-                 WHERE {TENANT} AND {hours}{run_condition}"
+                "SELECT {b} AS bucket, level, uniqExactMerge(log_ids) AS lines FROM log_counts_hourly
+                 WHERE {TENANT} AND {hours}{run_condition}
+                 GROUP BY bucket, level"
             )
         },
         |_, edges, b| {
             format!(
-                "SELECT {b} AS bucket, level, count() AS lines FROM logs
+                "SELECT {b} AS bucket, level, uniqExact(id) AS lines FROM logs
                  WHERE {TENANT} AND {edges}{raw_run_condition}
                  GROUP BY bucket, level"
             )
