@@ -14,7 +14,8 @@
 //!
 //! Module map: [`config`] (flags), [`auth`] (key → tenant), [`db`] (the only way to ClickHouse: bound parameters,
 //! tenant predicate, concurrency limit, timeouts), [`cache`] (moka, single-flight, TTL, ETag),
-//! [`error`] (one error type → HTTP), [`window`] (windows and buckets), [`request`] (parsing).
+//! [`error`] (one error type → HTTP), [`window`] (windows and buckets), [`zone`] (time zones of
+//! day buckets), [`request`] (parsing).
 
 pub mod auth;
 pub mod cache;
@@ -32,6 +33,7 @@ pub mod request;
 pub mod telemetry;
 pub mod text_search;
 pub mod window;
+pub mod zone;
 
 use std::sync::Arc;
 use std::time::Duration;

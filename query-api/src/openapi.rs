@@ -59,6 +59,7 @@ pub enum Errors {
     components(schemas(
         events::count::Countable,
         dashboard::params::FilterValue,
+        dashboard::params::TimeZoneName,
         history::filters::NullOnly
     )),
     modifiers(&KeySchemes)

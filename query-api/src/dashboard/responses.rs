@@ -17,6 +17,8 @@ pub struct WindowOut {
     #[schema(value_type = String, format = DateTime)]
     pub until: i64,
     pub bucket: Bucket,
+    /// The time zone of day buckets (an IANA name).
+    pub tz: String,
 }
 
 impl WindowOut {
@@ -25,6 +27,7 @@ impl WindowOut {
             since: params.window.since,
             until: params.window.until,
             bucket: params.bucket,
+            tz: params.tz.name().to_string(),
         }
     }
 }
