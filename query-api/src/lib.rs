@@ -6,6 +6,7 @@
 //! - `POST /events/filter`, `GET /events/filter/next`, `POST /events/count-by/{countable}`
 //!   ([`events`]); `POST /logs/filter` ([`logs`]); `POST /flow_runs/history` ([`history`]).
 //!
+//! - `GET /api/me/workspaces` ([`me`]): the workspaces a key reads (the dashboard's sign-in).
 //! - websockets `GET /events/out` and `GET /logs/out` ([`live`]): Prefect's subscriber protocol,
 //!   a backfill from ClickHouse, then live items from Kafka.
 //!
@@ -28,6 +29,7 @@ pub mod events;
 pub mod history;
 pub mod live;
 pub mod logs;
+pub mod me;
 pub mod openapi;
 pub mod request;
 pub mod telemetry;
@@ -221,6 +223,11 @@ pub fn api_routes(state: AppState) -> Router {
         .route(
             &format!("{base}/flow_runs/history"),
             post(history::flow_run_history),
+        )
+        .route("/api/me/workspaces", get(me::me_workspaces))
+        .route(
+            &format!("{base}/me/workspaces"),
+            get(me::me_workspaces_in_workspace),
         )
         .route(&format!("{base}/events/out"), get(live::events_out))
         .route(&format!("{base}/logs/out"), get(live::logs_out))

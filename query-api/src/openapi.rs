@@ -4,7 +4,7 @@ use axum::Json;
 use flowhouse_service::openapi::{ErrorBody, KeySchemes};
 use utoipa::{IntoResponses, OpenApi};
 
-use crate::{dashboard, events, history, logs};
+use crate::{dashboard, events, history, logs, me};
 
 /// Every failure a query route can answer, as `crate::error::ApiError` maps them.
 #[derive(IntoResponses)]
@@ -55,6 +55,8 @@ pub enum Errors {
         events::count::count_by,
         logs::filter_logs,
         history::flow_run_history,
+        me::me_workspaces,
+        me::me_workspaces_in_workspace,
     ),
     components(schemas(
         events::count::Countable,
@@ -95,6 +97,6 @@ mod tests {
                 "{name} missing from openapi.json"
             );
         }
-        assert_eq!(doc.paths.paths.len(), 11);
+        assert_eq!(doc.paths.paths.len(), 13);
     }
 }
