@@ -6,6 +6,7 @@
 //! - `POST /events/filter`, `GET /events/filter/next`, `POST /events/count-by/{countable}`
 //!   ([`events`]); `POST /logs/filter` ([`logs`]); `POST /flow_runs/history` ([`history`]).
 //!
+//! - the dashboard, a web page at `/` with its files under `/dashboard/` ([`web`]);
 //! - `GET /api/me/workspaces` ([`me`]): the workspaces a key reads (the dashboard's sign-in).
 //! - websockets `GET /events/out` and `GET /logs/out` ([`live`]): Prefect's subscriber protocol,
 //!   a backfill from ClickHouse, then live items from Kafka.
@@ -34,6 +35,7 @@ pub mod openapi;
 pub mod request;
 pub mod telemetry;
 pub mod text_search;
+pub mod web;
 pub mod window;
 pub mod zone;
 
@@ -224,6 +226,8 @@ pub fn api_routes(state: AppState) -> Router {
             &format!("{base}/flow_runs/history"),
             post(history::flow_run_history),
         )
+        .route("/", get(web::index))
+        .route("/dashboard/{file}", get(web::file))
         .route("/api/me/workspaces", get(me::me_workspaces))
         .route(
             &format!("{base}/me/workspaces"),

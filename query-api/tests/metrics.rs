@@ -416,11 +416,13 @@ async fn check_top_failing(
             .unwrap()
             .iter()
             .map(|i| {
-                (
-                    i["id"].as_str().unwrap().into(),
-                    i["name"].as_str().unwrap().into(),
-                    u(&i["failures"]),
-                )
+                let name = i["name"].as_str().unwrap();
+                let name = match i["flow_name"].as_str() {
+                    Some(flow) => format!("{flow} / {name}"),
+                    None => name.to_string(),
+                };
+                assert_eq!(i.get("flow_name").is_some(), by == "deployment", "{i}");
+                (i["id"].as_str().unwrap().into(), name, u(&i["failures"]))
             })
             .collect();
         assert_eq!(

@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde::Serialize;
 
 use super::params::{MetricParams, MetricQuery, Takes, TopFailingQuery, parse};
-use super::queries::{self, is_failure};
+use super::queries::{self, Group, is_failure};
 use super::responses::*;
 use super::tally::{Tally, sum_where};
 use crate::auth::Reader;
@@ -214,6 +214,7 @@ pub async fn top_failing(
                     .map(|r| Failing {
                         id: r.id,
                         name: r.name,
+                        flow_name: (p.by == Group::Deployment).then_some(r.flow_name),
                         failures: r.failures,
                     })
                     .collect(),

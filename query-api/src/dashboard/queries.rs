@@ -281,6 +281,9 @@ impl Group {
 pub struct FailingRow {
     pub id: String,
     pub name: String,
+    /// The flow of a deployment (two flows may each have a deployment named `hourly`); empty
+    /// for the other groups.
+    pub flow_name: String,
     pub failures: u64,
 }
 
@@ -295,12 +298,19 @@ pub async fn top_failing(
     limit: u64,
 ) -> Result<Vec<FailingRow>, ApiError> {
     let (id, name) = group.columns();
+    let mut columns = vec![id, name, "ended", "final_type"];
+    let flow_name = if group == Group::Deployment {
+        columns.push("flow_label");
+        "max(flow_label)"
+    } else {
+        "''"
+    };
     let mut sql = Sql::new(tenant);
-    let runs = runs(&mut sql, filters, &[id, name, "ended", "final_type"]);
+    let runs = runs(&mut sql, filters, &columns);
     let w = in_window(&mut sql, "ended", window);
     let limit = sql.bind("UInt64", limit);
     sql.push(&format!(
-        "SELECT {id} AS id, max({name}) AS name, count() AS failures
+        "SELECT {id} AS id, max({name}) AS name, {flow_name} AS flow_name, count() AS failures
          FROM ({runs})
          WHERE {w} AND final_type IN {FAILURE} AND {id} != ''
          GROUP BY id ORDER BY failures DESC, id ASC LIMIT {limit}"

@@ -108,6 +108,10 @@ pub struct DurationsResponse {
 pub struct Failing {
     pub id: String,
     pub name: String,
+    /// `by=deployment` only: the name of the deployment's flow, so that two flows' deployments
+    /// of the same name are told apart ("flow / deployment").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_name: Option<String>,
     pub failures: u64,
 }
 

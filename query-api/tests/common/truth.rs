@@ -356,6 +356,12 @@ pub fn top_failing(
             "deployment" => (&run.deployment, &run.deployment_name),
             _ => (&run.work_pool, &run.work_pool_name),
         };
+        let name = if by == "deployment" {
+            // Shown as "flow / deployment": the flow's name travels with it.
+            &format!("{} / {name}", run.flow_name)
+        } else {
+            name
+        };
         if id.is_empty() {
             continue;
         }
