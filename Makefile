@@ -9,7 +9,7 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo test bench contract fairness stack-up stack-down stack-status lint
+.PHONY: demo test bench contract fairness browser stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
@@ -19,7 +19,8 @@ bench:
 	deploy/local/bench
 
 # The test stack is separate from the demo's, so tests never touch demo data; its data is deleted
-# at the end, pass or fail.
+# at the end, pass or fail. The dashboard's browser tests are among them (headless Chromium, which
+# the stack installs on first use when it can, or names the command that does).
 test:
 	@set -euo pipefail; \
 	cargo fmt --all -- --check; \
@@ -46,6 +47,14 @@ fairness:
 	trap '$(STACK) reset' EXIT; \
 	eval "$$($(STACK) up)"; \
 	FLOWHOUSE_FAIRNESS_STRICT=1 cargo test --locked -p flowhouse-tests --test fairness -- --nocapture
+
+# The dashboard in headless Chromium alone; screenshots in target/dashboard-screenshots/.
+browser:
+	@set -euo pipefail; \
+	export FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR); \
+	trap '$(STACK) reset' EXIT; \
+	eval "$$($(STACK) up)"; \
+	cargo test --locked -p flowhouse-query-api --test dashboard -- --nocapture
 
 lint:
 	cargo fmt --all -- --check
