@@ -149,11 +149,13 @@ async fn the_dashboard_in_a_browser_shows_the_ground_truth_and_only_its_tenants_
     // Reloaded with the key in the tab's storage: the time to every card's first numbers.
     page.goto(&home).await;
     page.wait_for("the cards", READY).await;
-    let paint = page
-        .eval("performance.getEntriesByName('flowhouse:cards')[0].startTime")
+    let mark = |name: &str| format!("performance.getEntriesByName('{name}')[0].startTime");
+    let first = page
+        .eval(&mark("flowhouse:first-card"))
         .await
         .as_f64()
         .unwrap();
+    let paint = page.eval(&mark("flowhouse:cards")).await.as_f64().unwrap();
     // Every file the page loads (the modules are all preloaded by the HTML), uncompressed.
     let weight = page
         .eval(
@@ -165,7 +167,9 @@ async fn the_dashboard_in_a_browser_shows_the_ground_truth_and_only_its_tenants_
         .await
         .as_f64()
         .unwrap();
-    eprintln!("first meaningful paint (every card's numbers): {paint:.0} ms after navigation");
+    eprintln!(
+        "first meaningful paint: the first card's numbers {first:.0} ms, every card's {paint:.0} ms after navigation"
+    );
     eprintln!("page weight (HTML, CSS, JS, icon; uncompressed): {weight:.0} bytes");
     assert!(weight > 0.0 && weight <= 200.0 * 1024.0, "{weight} bytes");
     assert!(paint < 10_000.0, "first paint took {paint} ms");

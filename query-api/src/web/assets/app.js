@@ -112,6 +112,11 @@ async function refresh() {
   const ctx = { api, base, view, query, signal: controller.signal, learn, addFilter };
   ctx.flowRuns = api.get(`${base}/metrics/flow-runs?${query}`, ctx.signal);
   ctx.flowRuns.then((r) => { lastWindow = r.data.window; }, () => {});
+  // The window, for the cards that need it: known at once unless it is the server's default,
+  // so that those cards need not wait for the first answer.
+  ctx.window = query.has('since')
+    ? Promise.resolve({ since: query.get('since'), until: query.get('until') })
+    : ctx.flowRuns.then((r) => r.data.window);
   await Promise.all(CARDS.map((card) => load(card, ctx, gen)));
   if (gen !== generation) return;
   if (!painted) {
@@ -141,6 +146,7 @@ async function load(card, ctx, gen) {
         slot.section.dataset.state = 'ok';
       }
       slot.shown = parts;
+      if (!performance.getEntriesByName('flowhouse:first-card').length) performance.mark('flowhouse:first-card');
     }
     slot.asOf = answer.asOf;
   } catch (error) {

@@ -84,13 +84,12 @@ export const CARDS = [
     id: 'failure-rate',
     title: 'Failure rate',
     async fetch(ctx) {
-      const current = await ctx.flowRuns;
-      const { since, until } = current.data.window;
+      const { since, until } = await ctx.window;
       const span = Date.parse(until) - Date.parse(since);
       const q = new URLSearchParams(ctx.query);
       q.set('since', new Date(Date.parse(since) - span).toISOString());
       q.set('until', since);
-      const previous = await ctx.api.get(`${ctx.base}/metrics/flow-runs?${q}`, ctx.signal);
+      const [current, previous] = await Promise.all([ctx.flowRuns, ctx.api.get(`${ctx.base}/metrics/flow-runs?${q}`, ctx.signal)]);
       return { data: { current: current.data, previous: previous.data }, asOf: Math.min(current.asOf, previous.asOf), fresh: previous.fresh || current.fresh };
     },
     render({ current, previous }) {
@@ -197,7 +196,7 @@ export const CARDS = [
     title: 'Recent failed runs',
     wide: true,
     async fetch(ctx) {
-      const { since, until } = (await ctx.flowRuns).data.window;
+      const { since, until } = await ctx.window;
       return ctx.api.post(`${ctx.base}/events/filter`, { filter: failedRunsFilter(since, until, ctx.view.filters), limit: 10 }, ctx.signal);
     },
     render(answer, ctx) {
