@@ -9,7 +9,7 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo demo-prefect test bench contract fairness fuzz stack-up stack-down stack-status lint
+.PHONY: demo demo-prefect test bench contract fairness fuzz browser stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
@@ -24,7 +24,8 @@ bench:
 	deploy/local/bench
 
 # The test stack is separate from the demo's, so tests never touch demo data; its data is deleted
-# at the end, pass or fail.
+# at the end, pass or fail. The dashboard's browser tests are among them (headless Chromium, which
+# the stack installs on first use when it can, or names the command that does).
 test:
 	@set -euo pipefail; \
 	cargo fmt --all -- --check; \
@@ -57,6 +58,14 @@ fairness:
 # each (default 300; make test runs 10). FUZZ_MERGE=1 merges new coverage into fuzz/corpus/.
 fuzz:
 	deploy/local/fuzz
+
+# The dashboard in headless Chromium alone; screenshots in target/dashboard-screenshots/.
+browser:
+	@set -euo pipefail; \
+	export FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR); \
+	trap '$(STACK) reset' EXIT; \
+	eval "$$($(STACK) up)"; \
+	cargo test --locked -p flowhouse-query-api --test dashboard -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

@@ -239,6 +239,11 @@ pub fn respond(entry: &Entry, method: &Method, headers: &HeaderMap) -> Response 
             .into_response()
     };
     response.headers_mut().insert(header::ETAG, etag);
+    // How old the answer is: a dashboard shows its data's freshness from it.
+    response.headers_mut().insert(
+        header::AGE,
+        HeaderValue::from(entry.created.elapsed().as_secs()),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, cache_control);

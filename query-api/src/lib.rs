@@ -6,6 +6,8 @@
 //! - `POST /events/filter`, `GET /events/filter/next`, `POST /events/count-by/{countable}`
 //!   ([`events`]); `POST /logs/filter` ([`logs`]); `POST /flow_runs/history` ([`history`]).
 //!
+//! - the dashboard, a web page at `/` with its files under `/dashboard/` ([`web`]);
+//! - `GET /api/me/workspaces` ([`me`]): the workspaces a key reads (the dashboard's sign-in).
 //! - websockets `GET /events/out` and `GET /logs/out` ([`live`]): Prefect's subscriber protocol,
 //!   a backfill from ClickHouse, then live items from Kafka.
 //!
@@ -15,7 +17,8 @@
 //!
 //! Module map: [`config`] (flags), [`auth`] (key → tenant), [`db`] (the only way to ClickHouse: bound parameters,
 //! tenant predicate, concurrency limit, timeouts), [`cache`] (moka, single-flight, TTL, ETag),
-//! [`error`] (one error type → HTTP), [`window`] (windows and buckets), [`request`] (parsing).
+//! [`error`] (one error type → HTTP), [`window`] (windows and buckets), [`zone`] (time zones of
+//! day buckets), [`request`] (parsing).
 
 pub mod auth;
 pub mod cache;
@@ -28,11 +31,14 @@ pub mod events;
 pub mod history;
 pub mod live;
 pub mod logs;
+pub mod me;
 pub mod openapi;
 pub mod request;
 pub mod telemetry;
 pub mod text_search;
+pub mod web;
 pub mod window;
+pub mod zone;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,6 +223,13 @@ pub fn api_routes(state: AppState) -> Router {
         .route(
             &format!("{base}/flow_runs/history"),
             post(history::flow_run_history),
+        )
+        .route("/", get(web::index))
+        .route("/dashboard/{file}", get(web::file))
+        .route("/api/me/workspaces", get(me::me_workspaces))
+        .route(
+            &format!("{base}/me/workspaces"),
+            get(me::me_workspaces_in_workspace),
         )
         .route(&format!("{base}/events/out"), get(live::events_out))
         .route(&format!("{base}/logs/out"), get(live::logs_out))

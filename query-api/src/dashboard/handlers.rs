@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde::Serialize;
 
 use super::params::{MetricParams, MetricQuery, Takes, TopFailingQuery, parse};
-use super::queries::{self, is_failure};
+use super::queries::{self, Group, is_failure};
 use super::responses::*;
 use super::tally::{Tally, sum_where};
 use crate::auth::Reader;
@@ -57,7 +57,7 @@ pub async fn flow_runs(
     )?;
     serve(&state, tenant, "flow_runs", &p, &method, &headers, async {
         let rows =
-            queries::flow_runs_by_state(&state.db, tenant, &p.window, p.bucket, &p.filters).await?;
+            queries::flow_runs_by_state(&state.db, tenant, &p.window, &p.axis, &p.filters).await?;
         let mut tally = Tally::default();
         for row in rows {
             tally.add(row.bucket, (row.state_type, row.state_name), row.runs);
@@ -112,7 +112,7 @@ pub async fn late_runs(
     )?;
     serve(&state, tenant, "late_runs", &p, &method, &headers, async {
         let (late, lateness) = futures::try_join!(
-            queries::late_runs(&state.db, tenant, &p.window, p.bucket, &p.filters),
+            queries::late_runs(&state.db, tenant, &p.window, &p.axis, &p.filters),
             queries::lateness(&state.db, tenant, &p.window, &p.filters),
         )?;
         let by_bucket: BTreeMap<i64, u64> = late.iter().map(|r| (r.bucket, r.runs)).collect();
@@ -214,6 +214,7 @@ pub async fn top_failing(
                     .map(|r| Failing {
                         id: r.id,
                         name: r.name,
+                        flow_name: (p.by == Group::Deployment).then_some(r.flow_name),
                         failures: r.failures,
                     })
                     .collect(),
@@ -240,7 +241,7 @@ pub async fn task_runs(
         state.settings.max_window_micros(),
     )?;
     serve(&state, tenant, "task_runs", &p, &method, &headers, async {
-        let rows = queries::task_runs(&state.db, tenant, &p.window, p.bucket, &p.filters).await?;
+        let rows = queries::task_runs(&state.db, tenant, &p.window, &p.axis, &p.filters).await?;
         let mut tally = Tally::default();
         for row in rows {
             if row.total_row == 1 {
@@ -295,7 +296,7 @@ pub async fn logs(
         state.settings.max_window_micros(),
     )?;
     serve(&state, tenant, "logs", &p, &method, &headers, async {
-        let rows = queries::log_counts(&state.db, tenant, &p.window, p.bucket, &p.filters).await?;
+        let rows = queries::log_counts(&state.db, tenant, &p.window, &p.axis, &p.filters).await?;
         let mut tally = Tally::default();
         for row in rows {
             tally.add(row.bucket, row.level, row.lines);

@@ -17,6 +17,8 @@ pub struct WindowOut {
     #[schema(value_type = String, format = DateTime)]
     pub until: i64,
     pub bucket: Bucket,
+    /// The time zone of day buckets (an IANA name).
+    pub tz: String,
 }
 
 impl WindowOut {
@@ -25,6 +27,7 @@ impl WindowOut {
             since: params.window.since,
             until: params.window.until,
             bucket: params.bucket,
+            tz: params.tz.name().to_string(),
         }
     }
 }
@@ -105,6 +108,10 @@ pub struct DurationsResponse {
 pub struct Failing {
     pub id: String,
     pub name: String,
+    /// `by=deployment` only: the name of the deployment's flow, so that two flows' deployments
+    /// of the same name are told apart ("flow / deployment").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_name: Option<String>,
     pub failures: u64,
 }
 

@@ -77,6 +77,16 @@ pub fn new_tenant() -> Tenant {
 impl Harness {
     /// A fresh database with the schema, `tenants` tenants with keys, and the API serving it.
     pub async fn start(prefix: &str, tenants: usize, settings: Settings) -> Self {
+        Self::start_live(prefix, tenants, settings, None).await
+    }
+
+    /// [`Harness::start`] with, when given, a live feed for the subscriber websockets.
+    pub async fn start_live(
+        prefix: &str,
+        tenants: usize,
+        settings: Settings,
+        feed: Option<Feed>,
+    ) -> Self {
         // Two tenants share an account, so that workspace scoping is tested, not only accounts.
         let mut list: Vec<Tenant> = (0..tenants).map(|_| new_tenant()).collect();
         if tenants > 1 {
@@ -96,7 +106,7 @@ impl Harness {
             .collect();
         keys.push(record(&write_only_key, list[0], vec![Scope::Write]));
         let keys = Keys::fixed(KeySet::from_file(&KeysFile { version: 1, keys }));
-        Self::serve(prefix, tenant_keys, write_only_key, keys, settings, None).await
+        Self::serve(prefix, tenant_keys, write_only_key, keys, settings, feed).await
     }
 
     /// The API over `keys` (tenants' keys live there, not in the harness) and, when given, a
