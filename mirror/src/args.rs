@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(
         long,
         env = "FLOWHOUSE_MIRROR_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9465"
+        default_value = "127.0.0.1:9467"
     )]
     pub admin_listen: SocketAddr,
     /// How far back the first start (no checkpoint yet) reads (Prefect keeps events 7 days).

@@ -110,6 +110,7 @@ impl AppState {
             fresh_ttl: settings.cache_fresh,
             settled_ttl: settings.cache_settled,
             settle: settings.cache_settle,
+            max_stale: settings.cache_max_stale,
         });
         Self {
             db,
@@ -150,7 +151,7 @@ pub(crate) async fn cached_json<T, F>(
 ) -> Result<Response, ApiError>
 where
     T: Serialize,
-    F: Future<Output = Result<T, ApiError>> + Send,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     let key = CacheKey {
         tenant,
@@ -159,7 +160,7 @@ where
     };
     let (entry, _) = state
         .cache
-        .get_or_load(key, ttl, async {
+        .get_or_load(key, ttl, async move {
             let value = compute.await?;
             serde_json::to_vec(&value)
                 .map(Bytes::from)

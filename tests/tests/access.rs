@@ -62,22 +62,33 @@ async fn printed_statements(client: &clickhouse::Client, output: &Output) -> Vec
     statements
 }
 
-/// `(table, ORDER BY)` of every CREATE TABLE in `statements`.
+/// `(table, ORDER BY)` of every table `statements` leave behind: each CREATE TABLE not
+/// followed by a DROP of the same table (a migration's rebuild creates `T__next`, exchanges it
+/// with `T` and drops it, so it is scaffolding, not a table anyone reads).
 fn tables(statements: &[String], database: &str) -> Vec<(String, String)> {
+    let name_of = |rest: &str| {
+        rest.split(|c: char| c.is_whitespace() || c == '(')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let dropped_after = |index: usize, name: &str| {
+        statements[index + 1..].iter().any(|s| {
+            s.strip_prefix(&format!("DROP TABLE IF EXISTS {database}."))
+                .is_some_and(|rest| name_of(rest) == name)
+        })
+    };
     statements
         .iter()
-        .filter_map(|s| s.strip_prefix(&format!("CREATE TABLE IF NOT EXISTS {database}.")))
-        .map(|rest| {
-            let name = rest
-                .split(|c: char| c.is_whitespace() || c == '(')
-                .next()
-                .unwrap()
-                .to_string();
+        .enumerate()
+        .filter_map(|(index, s)| {
+            let rest = s.strip_prefix(&format!("CREATE TABLE IF NOT EXISTS {database}."))?;
+            let name = name_of(rest);
             let order = rest
                 .split_once("ORDER BY ")
                 .map(|(_, o)| o.split(" SETTINGS").next().unwrap().to_string())
                 .unwrap_or_default();
-            (name, order)
+            (!dropped_after(index, &name)).then_some((name, order))
         })
         .collect()
 }

@@ -352,6 +352,8 @@ async fn drive(
 }
 
 /// (hits, all lookups) of the query API's cache so far; `None` if its /metrics is unreadable.
+/// A stale answer served while its replacement loads counts as a hit: the request did not
+/// wait for ClickHouse.
 async fn cache_counts(api: &QueryApi) -> Option<(f64, f64)> {
     let counts = api
         .counter_by("flowhouse_query_cache_requests_total", "result")
@@ -359,7 +361,7 @@ async fn cache_counts(api: &QueryApi) -> Option<(f64, f64)> {
         .ok()?;
     let hits = counts
         .iter()
-        .filter(|(result, _)| result == "hit")
+        .filter(|(result, _)| result == "hit" || result == "stale")
         .map(|(_, n)| n)
         .sum();
     let all = counts.iter().map(|(_, n)| n).sum();

@@ -19,15 +19,23 @@ pub struct WindowOut {
     pub bucket: Bucket,
     /// The time zone of day buckets (an IANA name).
     pub tz: String,
+    /// When this answer was computed. A cached answer is served for a while after (the `Age`
+    /// header says how long, at most the freshness plus `FLOWHOUSE_QUERY_CACHE_MAX_STALE`);
+    /// it equals a fresh computation at this instant.
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub computed_at: i64,
 }
 
 impl WindowOut {
+    /// The window of `params`, computed now.
     pub fn of(params: &MetricParams) -> Self {
         Self {
             since: params.window.since,
             until: params.window.until,
             bucket: params.bucket,
             tz: params.tz.name().to_string(),
+            computed_at: crate::window::now_micros(),
         }
     }
 }
