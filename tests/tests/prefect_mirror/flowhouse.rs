@@ -1,7 +1,7 @@
 //! `flowhouse serve` and the mirrors, as processes, and what the test asks Flowhouse's API.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flowhouse_keys::Scope;
@@ -80,25 +80,11 @@ impl Flowhouse {
         }
     }
 
-    pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Ok(response) = self
-                .http
-                .get(format!("http://127.0.0.1:{}/readyz", self.admin_port))
-                .send()
-                .await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flowhouse serve not ready in 180 s:\n{}",
-                self.process.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+    pub async fn wait_ready(&mut self) {
+        let admin = format!("http://127.0.0.1:{}", self.admin_port);
+        self.process
+            .wait_ready(&admin, Duration::from_secs(180))
+            .await;
     }
 
     pub fn base(&self, tenant: usize) -> String {
