@@ -231,6 +231,7 @@ async fn main() {
         brokers,
         properties: Vec::new(),
         replication_factor: 1,
+        topic_configs: Vec::new(),
     };
     let count = env_usize("BENCH_EVENTS", 100_000);
     let clients = env_usize("BENCH_CLIENTS", 4);

@@ -32,6 +32,15 @@ pub struct KafkaArgs {
         default_value_t = 1
     )]
     pub replication_factor: i32,
+    /// Configs of the topics the services create, as key=value, comma-separated (e.g.
+    /// `cleanup.policy=delete,retention.ms=3600000`; the local stack exports its retention).
+    /// Topics that exist already keep theirs.
+    #[arg(
+        long = "kafka-topic-config",
+        env = "KAFKA_TOPIC_CONFIG",
+        value_delimiter = ','
+    )]
+    pub topic_configs: Vec<String>,
 }
 
 impl KafkaArgs {
@@ -46,6 +55,19 @@ impl KafkaArgs {
             config.set(key.trim(), value.trim());
         }
         Ok(config)
+    }
+
+    /// `--kafka-topic-config` as (key, value) pairs.
+    pub fn topic_configs(&self) -> anyhow::Result<Vec<(&str, &str)>> {
+        self.topic_configs
+            .iter()
+            .map(|config| {
+                config
+                    .split_once('=')
+                    .map(|(key, value)| (key.trim(), value.trim()))
+                    .with_context(|| format!("topic config {config:?} is not key=value"))
+            })
+            .collect()
     }
 }
 
@@ -62,13 +84,17 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> anyhow::Re
         .config()?
         .create()
         .context("cannot create Kafka admin client")?;
+    let configs = args.topic_configs()?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|topic| {
-            NewTopic::new(
-                &topic.name,
-                topic.partitions,
-                TopicReplication::Fixed(args.replication_factor),
+            configs.iter().fold(
+                NewTopic::new(
+                    &topic.name,
+                    topic.partitions,
+                    TopicReplication::Fixed(args.replication_factor),
+                ),
+                |new_topic, (key, value)| new_topic.set(key, value),
             )
         })
         .collect();

@@ -48,6 +48,7 @@ impl Stack {
                 brokers: var("KAFKA_BROKERS"),
                 properties: Vec::new(),
                 replication_factor: 1,
+                topic_configs: Vec::new(),
             },
             stack_dir: std::env::var_os("FLOWHOUSE_STACK_DIR").map(PathBuf::from),
         }
@@ -232,6 +233,7 @@ impl PrivateStack {
                 brokers: exports["KAFKA_BROKERS"].clone(),
                 properties: Vec::new(),
                 replication_factor: 1,
+                topic_configs: Vec::new(),
             },
             stack_dir: Some(dir.path().to_path_buf()),
         };
