@@ -40,6 +40,7 @@ use crate::store::Store;
 /// The automations' flags, shared by the query API, `flowhouse serve` and
 /// `flowhouse automations serve`.
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "automations_args")]
 pub struct Args {
     /// Evaluate automations in this process (`false`: the API only; run the evaluator apart
     /// with `flowhouse automations serve`).
@@ -52,23 +53,26 @@ pub struct Args {
     pub enabled: bool,
     /// ClickHouse user of the automations' tables (default: CLICKHOUSE_USER); the query API's
     /// own user can then stay read-only.
-    #[arg(long, env = "FLOWHOUSE_AUTOMATIONS_CLICKHOUSE_USER")]
+    #[arg(
+        long = "automations-clickhouse-user",
+        env = "FLOWHOUSE_AUTOMATIONS_CLICKHOUSE_USER"
+    )]
     pub clickhouse_user: Option<String>,
     /// Its password (default: CLICKHOUSE_PASSWORD).
     #[arg(
-        long,
+        long = "automations-clickhouse-password",
         env = "FLOWHOUSE_AUTOMATIONS_CLICKHOUSE_PASSWORD",
         hide_env_values = true
     )]
     pub clickhouse_password: Option<String>,
     /// How often automations are evaluated.
-    #[arg(long, env = "FLOWHOUSE_AUTOMATIONS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long = "automations-interval", env = "FLOWHOUSE_AUTOMATIONS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// The least `range` and `firing_for` of a metric trigger (Prefect's minimum: 300 s).
-    #[arg(long, env = "FLOWHOUSE_AUTOMATIONS_MIN_WINDOW", default_value = "300s", value_parser = humantime::parse_duration)]
+    #[arg(long = "automations-min-window", env = "FLOWHOUSE_AUTOMATIONS_MIN_WINDOW", default_value = "300s", value_parser = humantime::parse_duration)]
     pub min_window: Duration,
     /// How long events take to be stored: event triggers look this far behind `now`.
-    #[arg(long, env = "FLOWHOUSE_AUTOMATIONS_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long = "automations-delay", env = "FLOWHOUSE_AUTOMATIONS_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub delay: Duration,
     /// Let webhooks target loopback, private and link-local addresses.
     #[arg(
@@ -85,10 +89,14 @@ pub struct Args {
     #[arg(long, env = "FLOWHOUSE_WEBHOOK_ATTEMPTS", default_value_t = 3)]
     pub webhook_attempts: u32,
     /// How long an evaluator's lease on its automations lasts unless renewed.
-    #[arg(long, env = "FLOWHOUSE_AUTOMATIONS_LEASE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long = "automations-lease-ttl", env = "FLOWHOUSE_AUTOMATIONS_LEASE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
     /// Shards of automations, each leased apart.
-    #[arg(long, env = "FLOWHOUSE_AUTOMATIONS_SHARDS", default_value_t = 8)]
+    #[arg(
+        long = "automations-shards",
+        env = "FLOWHOUSE_AUTOMATIONS_SHARDS",
+        default_value_t = 8
+    )]
     pub shards: u32,
 }
 
@@ -242,6 +250,7 @@ pub fn spawn(
 
 /// `flowhouse automations serve`: the evaluator alone.
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "automations_serve_args")]
 pub struct ServeArgs {
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,

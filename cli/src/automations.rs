@@ -9,6 +9,7 @@ use flowhouse_service::admin::{self, Readiness};
 
 /// `flowhouse query-api`'s flags: the query API's and the automations'.
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "query_api_with_automations")]
 pub struct QueryApiArgs {
     #[command(flatten)]
     pub query: flowhouse_query_api::Args,

@@ -63,3 +63,20 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Mirror(source) => flowhouse_mirror::run(source).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_tree_has_no_conflicting_flags() {
+        Cli::command().debug_assert();
+        let serve = Cli::try_parse_from(["flowhouse", "serve", "--automations", "false"]).unwrap();
+        let Command::Serve(args) = serve.command else {
+            panic!("serve")
+        };
+        assert!(!args.automations.enabled);
+    }
+}
