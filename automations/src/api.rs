@@ -36,7 +36,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::model::{self, Automation, AutomationCore, AutomationPatch, Limits};
-use crate::store::{Delivery, Sort, Store};
+use crate::store::{AutomationDelivery, Sort, Store};
 
 /// The most automations one workspace may have.
 pub const MAX_PER_WORKSPACE: u64 = 1_000;
@@ -238,7 +238,7 @@ pub async fn delete(
 
 /// `POST /automations/filter`'s body (Prefect's).
 #[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct FilterRequest {
+pub struct AutomationFilterRequest {
     #[serde(default)]
     pub sort: Option<String>,
     #[serde(default)]
@@ -252,33 +252,33 @@ pub struct FilterRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct AutomationFilter {
     #[serde(default)]
-    pub name: Option<AnyOf>,
+    pub name: Option<AutomationNameFilter>,
     #[serde(default)]
-    pub tags: Option<TagsFilter>,
+    pub tags: Option<AutomationTagsFilter>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct AnyOf {
+pub struct AutomationNameFilter {
     #[serde(default)]
     pub any_: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct TagsFilter {
+pub struct AutomationTagsFilter {
     #[serde(default)]
     pub any_: Option<Vec<String>>,
     #[serde(default)]
     pub all_: Option<Vec<String>>,
 }
 
-fn filter_body(body: &Bytes) -> Result<FilterRequest, ApiError> {
+fn filter_body(body: &Bytes) -> Result<AutomationFilterRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(FilterRequest::default());
+        return Ok(AutomationFilterRequest::default());
     }
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
     if value.is_null() {
-        return Ok(FilterRequest::default());
+        return Ok(AutomationFilterRequest::default());
     }
     serde_path_to_error::deserialize(value)
         .map_err(|e| ApiError::unprocessable(format!("{}: {}", e.path(), e.inner())))
@@ -287,7 +287,7 @@ fn filter_body(body: &Bytes) -> Result<FilterRequest, ApiError> {
 async fn matching(
     api: &Api,
     tenant: Tenant,
-    request: &FilterRequest,
+    request: &AutomationFilterRequest,
 ) -> Result<Vec<Automation>, ApiError> {
     let sort = match request.sort.as_deref() {
         None => Sort::NameAsc,
@@ -326,7 +326,7 @@ async fn matching(
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/automations/filter",
     params(WorkspacePath),
-    request_body = Option<FilterRequest>,
+    request_body = Option<AutomationFilterRequest>,
     responses((status = 200, body = Vec<Automation>), Errors),
     security(("bearer" = []), ("basic" = [])), tag = "automations")]
 pub async fn filter(
@@ -343,8 +343,8 @@ pub async fn filter(
 
 #[utoipa::path(post, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/automations/count",
     params(WorkspacePath),
-    request_body = Option<FilterRequest>,
-    responses((status = 200, body = u64), Errors),
+    request_body = Option<AutomationFilterRequest>,
+    responses((status = 200, body = u64, content_type = "application/json"), Errors),
     security(("bearer" = []), ("basic" = [])), tag = "automations")]
 pub async fn count(
     Reader(tenant): Reader,
@@ -366,14 +366,14 @@ pub struct DeliveriesQuery {
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/automations/{id}/deliveries",
     params(AutomationPath, DeliveriesQuery),
-    responses((status = 200, body = Vec<Delivery>), Errors),
+    responses((status = 200, body = Vec<AutomationDelivery>), Errors),
     security(("bearer" = []), ("basic" = [])), tag = "automations")]
 pub async fn deliveries(
     Reader(tenant): Reader,
     Extension(api): Extension<Arc<Api>>,
     Path(Ids { id }): Path<Ids>,
     query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Delivery>>, ApiError> {
+) -> Result<Json<Vec<AutomationDelivery>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::unprocessable(e.body_text()))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_DELIVERIES).contains(&limit) {
@@ -387,12 +387,14 @@ pub async fn deliveries(
         .deliveries(tenant, automation.id, limit)
         .await
         .map_err(upstream)?;
-    Ok(Json(rows.into_iter().map(Delivery::from).collect()))
+    Ok(Json(
+        rows.into_iter().map(AutomationDelivery::from).collect(),
+    ))
 }
 
 /// One automation as the dashboard's panel shows it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Status {
+pub struct AutomationStatus {
     pub id: Uuid,
     pub name: String,
     pub enabled: bool,
@@ -405,12 +407,12 @@ pub struct Status {
 
 #[utoipa::path(get, path = "/api/accounts/{account_id}/workspaces/{workspace_id}/automations/status",
     params(WorkspacePath),
-    responses((status = 200, body = Vec<Status>), Errors),
+    responses((status = 200, body = Vec<AutomationStatus>), Errors),
     security(("bearer" = []), ("basic" = [])), tag = "automations")]
 pub async fn status(
     Reader(tenant): Reader,
     Extension(api): Extension<Arc<Api>>,
-) -> Result<Json<Vec<Status>>, ApiError> {
+) -> Result<Json<Vec<AutomationStatus>>, ApiError> {
     let all = api
         .store
         .list(tenant, Sort::NameAsc, 0, MAX_PER_WORKSPACE)
@@ -421,7 +423,7 @@ pub async fn status(
         all.into_iter()
             .map(|a| {
                 let fired = last.iter().find(|(id, _, _)| *id == a.id);
-                Status {
+                AutomationStatus {
                     id: a.id,
                     name: a.core.name.clone(),
                     enabled: a.core.enabled,
@@ -459,7 +461,7 @@ pub fn routes(api: Arc<Api>) -> Router<AppState> {
 #[derive(OpenApi)]
 #[openapi(
     paths(create, read, replace, patch, delete, filter, count, deliveries, status),
-    components(schemas(Automation, AutomationCore, Delivery, Status, FilterRequest)),
+    components(schemas(Automation, AutomationCore, AutomationDelivery, AutomationStatus, AutomationFilterRequest)),
     modifiers(&KeySchemes)
 )]
 pub struct ApiDoc;
@@ -486,4 +488,68 @@ pub fn merge_document(mut into: serde_json::Value, from: &serde_json::Value) -> 
         }
     }
     into
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schemas_do_not_shadow_the_query_apis() {
+        let ours = document();
+        let theirs = flowhouse_query_api::document();
+        let names = |doc: &serde_json::Value| -> Vec<String> {
+            doc.pointer("/components/schemas")
+                .and_then(|v| v.as_object())
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let theirs_names = names(&theirs);
+        // Every reference resolves, in our document or in the one ours is merged into.
+        fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    for (k, v) in o {
+                        if k == "$ref" {
+                            out.push(v.as_str().unwrap_or("").to_string());
+                        }
+                        refs(v, out);
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&ours, &mut all);
+        let merged = merge_document(theirs.clone(), &ours);
+        for r in all {
+            let name = r.trim_start_matches("#/components/schemas/");
+            assert!(
+                merged.pointer(&format!("/components/schemas/{name}")).is_some(),
+                "{r} does not resolve"
+            );
+        }
+        let theirs = theirs_names;
+        for name in names(&ours) {
+            assert!(
+                !theirs.contains(&name),
+                "{name} is already a query API schema"
+            );
+            assert!(
+                name.starts_with("Automation")
+                    || name.starts_with("Webhook")
+                    || [
+                        "EventTrigger",
+                        "EventPosture",
+                        "MetricTrigger",
+                        "MetricTriggerQuery",
+                        "MetricTriggerOperator",
+                        "PrefectMetric"
+                    ]
+                    .contains(&name.as_str()),
+                "{name}"
+            );
+        }
+    }
 }

@@ -99,6 +99,7 @@ pub struct AutomationPatch {
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type")]
+#[schema(as = AutomationTrigger)]
 pub enum Trigger {
     #[serde(rename = "event")]
     Event(EventTrigger),
@@ -123,6 +124,7 @@ impl Trigger {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[schema(as = EventPosture)]
 pub enum Posture {
     #[default]
     Reactive,
@@ -195,6 +197,7 @@ fn metric_posture() -> String {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = PrefectMetric)]
 pub enum MetricName {
     /// The share of flow runs that ended in the range that completed (0 to 1).
     Successes,
@@ -205,6 +208,7 @@ pub enum MetricName {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = MetricTriggerOperator)]
 pub enum Operator {
     #[serde(rename = "<")]
     Lt,
@@ -238,6 +242,7 @@ impl Operator {
 
 /// Prefect's `MetricTriggerQuery`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = MetricTriggerQuery)]
 pub struct MetricQuery {
     pub name: MetricName,
     pub threshold: f64,
@@ -267,6 +272,7 @@ fn five_minutes() -> Duration {
 /// template; empty: a Slack-compatible message) with the firing's context.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type")]
+#[schema(as = AutomationAction)]
 pub enum Action {
     #[serde(rename = "call-webhook", alias = "webhook")]
     CallWebhook(Webhook),
@@ -275,6 +281,7 @@ pub enum Action {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = WebhookAction)]
 pub struct Webhook {
     pub url: String,
     #[serde(default = "post")]

@@ -89,7 +89,7 @@ pub struct DeliveryRow {
 
 /// What `GET /automations/{id}/deliveries` answers per row.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Delivery {
+pub struct AutomationDelivery {
     pub at: DateTime<Utc>,
     pub idempotency_key: String,
     pub transition: String,
@@ -103,7 +103,7 @@ pub struct Delivery {
     pub value: f64,
 }
 
-impl From<DeliveryRow> for Delivery {
+impl From<DeliveryRow> for AutomationDelivery {
     fn from(r: DeliveryRow) -> Self {
         Self {
             at: r.at,
