@@ -195,7 +195,12 @@ pub async fn patch(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let mut automation = existing(&api, tenant, &id).await?;
-    let patch: AutomationPatch = serde_json::from_slice(&body)
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::unprocessable("the body must be a JSON object"));
+    }
+    let patch: AutomationPatch = serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable(format!("the body: {e}")))?;
     if let Some(enabled) = patch.enabled {
         automation.core.enabled = enabled;
@@ -279,6 +284,9 @@ fn filter_body(body: &Bytes) -> Result<AutomationFilterRequest, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
     if value.is_null() {
         return Ok(AutomationFilterRequest::default());
+    }
+    if !value.is_object() {
+        return Err(ApiError::unprocessable("the body must be a JSON object"));
     }
     serde_path_to_error::deserialize(value)
         .map_err(|e| ApiError::unprocessable(format!("{}: {}", e.path(), e.inner())))
@@ -526,7 +534,9 @@ mod tests {
         for r in all {
             let name = r.trim_start_matches("#/components/schemas/");
             assert!(
-                merged.pointer(&format!("/components/schemas/{name}")).is_some(),
+                merged
+                    .pointer(&format!("/components/schemas/{name}"))
+                    .is_some(),
                 "{r} does not resolve"
             );
         }

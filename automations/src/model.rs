@@ -387,6 +387,20 @@ pub fn parse_core(body: &[u8]) -> Result<AutomationCore, String> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let value: Value = serde_path_to_error::deserialize(de)
         .map_err(|e| format!("the body is not JSON: {}", e.inner()))?;
+    if !value.is_object() {
+        return Err("the body must be a JSON object (an automation)".into());
+    }
+    for (field, kind) in [("trigger", "an object"), ("actions", "a list")] {
+        let ok = match value.get(field) {
+            Some(Value::Object(_)) => kind == "an object",
+            Some(Value::Array(_)) => kind == "a list",
+            None => field == "actions",
+            Some(_) => false,
+        };
+        if !ok {
+            return Err(format!("{field}: must be {kind}"));
+        }
+    }
     if let Some(kind) = value.pointer("/trigger/type").and_then(Value::as_str)
         && matches!(kind, "compound" | "sequence")
     {
