@@ -530,7 +530,7 @@ mod tests {
         }
         let mut all = Vec::new();
         refs(&ours, &mut all);
-        let merged = merge_document(theirs.clone(), &ours);
+        let merged = merge_document(theirs, &ours);
         for r in all {
             let name = r.trim_start_matches("#/components/schemas/");
             assert!(

@@ -711,6 +711,20 @@ mod tests {
     }
 
     #[test]
+    fn only_an_object_is_an_automation() {
+        for body in [
+            "[null, null]",
+            "null",
+            "3",
+            r#"{"name": "n", "trigger": []}"#,
+            r#"{"name": "n", "trigger": {"type": "event"}, "actions": {}}"#,
+        ] {
+            assert!(parse_core(body.as_bytes()).is_err(), "{body}");
+        }
+        assert!(parse_core(br#"{"name": "n", "trigger": {"type": "event"}}"#).is_ok());
+    }
+
+    #[test]
     fn proactive_triggers_get_prefects_least_within() {
         let c = core(serde_json::json!({"type": "event", "posture": "Proactive",
             "after": ["prefect.flow-run.Running"], "expect": ["prefect.flow-run.Completed"],
