@@ -86,13 +86,16 @@ fn cli(served: &Served, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test]
 async fn prefects_sdk_models_and_client_work_against_the_automations_api() {
+    let started = std::time::Instant::now();
     let served = Served::start(&[]).await;
+    eprintln!("serve ready after {:?}", started.elapsed());
     let http = reqwest::Client::new();
     let base = served.workspace_url();
     let flow = Uuid::new_v4();
 
     // The SDK creates from its own models and reads Flowhouse's answer back into them.
     let report = sdk(&served, flow);
+    eprintln!("the SDK program done after {:?}", started.elapsed());
     let created: Vec<&str> = report["created"]
         .as_array()
         .unwrap()
@@ -244,6 +247,7 @@ async fn prefects_sdk_models_and_client_work_against_the_automations_api() {
         .unwrap();
     assert_eq!(one["enabled"], false);
 
+    eprintln!("API checks done after {:?}", started.elapsed());
     // The CLI: create from a file, list, delete.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("automation.json");
@@ -278,6 +282,7 @@ async fn prefects_sdk_models_and_client_work_against_the_automations_api() {
     assert_eq!(gone.status(), 404);
     let (ok, _, err) = cli(&served, &["delete", &id]);
     assert!(!ok && err.contains("404"), "{err}");
+    eprintln!("CLI done after {:?}", started.elapsed());
 
     served.finish().await;
 }
