@@ -2,6 +2,7 @@
 //! in its crate; this crate only wires them (and exposes the command tree, so that tests can check
 //! deployment files against the flags the services really read).
 
+pub mod automations;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -31,8 +32,12 @@ pub enum Command {
     Ingest(flowhouse_ingest::Args),
     /// Accept events over HTTP and websocket and produce them to Kafka.
     Endpoint(flowhouse_endpoint::Args),
-    /// Serve tenant-scoped metrics and search over HTTP.
-    QueryApi(flowhouse_query_api::Args),
+    /// Serve tenant-scoped metrics and search over HTTP (and the automations' API and
+    /// evaluator, unless `--automations false`).
+    QueryApi(automations::QueryApiArgs),
+    /// Automations: list, create, delete through the API; `serve` runs the evaluator alone.
+    #[command(subcommand)]
+    Automations(automations::Command),
     /// Manage tenant API keys.
     Keys(flowhouse_keys::cli::Args),
     /// Generate a workload, drive it through Flowhouse and report what was measured.
@@ -50,10 +55,28 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate(args) => flowhouse_schema::migrate::run(args).await,
         Command::Ingest(args) => flowhouse_ingest::run(args).await,
         Command::Endpoint(args) => flowhouse_endpoint::run(args).await,
-        Command::QueryApi(args) => flowhouse_query_api::run(args).await,
+        Command::QueryApi(args) => automations::run_query_api(args).await,
+        Command::Automations(command) => automations::run(command).await,
         Command::Keys(args) => flowhouse_keys::cli::run(args),
         #[cfg(feature = "loadtest")]
         Command::Loadtest(args) => flowhouse_loadtest::run(args).await,
         Command::Mirror(source) => flowhouse_mirror::run(source).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_tree_has_no_conflicting_flags() {
+        Cli::command().debug_assert();
+        let serve = Cli::try_parse_from(["flowhouse", "serve", "--automations", "false"]).unwrap();
+        let Command::Serve(args) = serve.command else {
+            panic!("serve")
+        };
+        assert!(!args.automations.enabled);
     }
 }

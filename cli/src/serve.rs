@@ -67,6 +67,8 @@ pub struct Args {
     pub query: flowhouse_query_api::Settings,
     #[command(flatten)]
     pub batching: flowhouse_ingest::batch::BatchLimits,
+    #[command(flatten)]
+    pub automations: flowhouse_automations::Args,
 }
 
 impl Args {
@@ -142,13 +144,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let _evaluator = flowhouse_automations::spawn(
+        &args.automations,
+        &args.clickhouse,
+        &args.kafka,
+        &args.topics,
+    )?;
+    let automations = flowhouse_automations::api_state(&args.automations, &args.clickhouse);
+
     let document = merged_document(
         endpoint.openapi_document(),
-        serde_json::to_value(flowhouse_query_api::openapi::ApiDoc::openapi())?,
+        flowhouse_automations::api::merge_document(
+            serde_json::to_value(flowhouse_query_api::openapi::ApiDoc::openapi())?,
+            &flowhouse_automations::api::document(),
+        ),
     );
     let routes = endpoint
         .api_routes()
-        .merge(flowhouse_query_api::api_routes(query_state))
+        .merge(flowhouse_query_api::api_routes_with(
+            query_state,
+            flowhouse_automations::api::routes(automations),
+        ))
         .route(
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json(document) }),

@@ -177,8 +177,32 @@ pub fn router(state: AppState) -> Router {
     public.router(api_routes(state).route("/openapi.json", get(openapi::serve)))
 }
 
+/// [`router`] with `extra` routes (automations) and `document` as `/openapi.json`.
+pub fn router_with(
+    state: AppState,
+    extra: Router<AppState>,
+    document: serde_json::Value,
+) -> Router {
+    let public = state.public.clone();
+    public.router(api_routes_with(state, extra).route(
+        "/openapi.json",
+        get(move || async move { axum::Json(document) }),
+    ))
+}
+
+/// This API's OpenAPI document as JSON.
+pub fn document() -> serde_json::Value {
+    use utoipa::OpenApi as _;
+    serde_json::to_value(openapi::ApiDoc::openapi()).unwrap_or_default()
+}
+
 /// The query routes alone, to be served with other services' routes in one process.
 pub fn api_routes(state: AppState) -> Router {
+    api_routes_with(state, Router::new())
+}
+
+/// [`api_routes`] plus `extra` routes that read the same state (the automations' API).
+pub fn api_routes_with(state: AppState, extra: Router<AppState>) -> Router {
     // Install the Prometheus recorder before the first metric is recorded.
     let _ = flowhouse_service::telemetry::metrics_handle();
     telemetry::describe();
@@ -234,6 +258,7 @@ pub fn api_routes(state: AppState) -> Router {
         )
         .route(&format!("{base}/events/out"), get(live::events_out))
         .route(&format!("{base}/logs/out"), get(live::logs_out))
+        .merge(extra)
         .layer(DefaultBodyLimit::max(request::MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -94,6 +94,7 @@ pub(crate) struct View {
 mod v1;
 mod v2;
 mod v3;
+mod v4;
 
 pub(crate) use v2::LOG_COLUMNS;
 pub use v2::log_id_sql;
@@ -109,6 +110,10 @@ pub(crate) const TABLES: &[&Table] = &[
     &v1::TASK_RUN_STATES_HOURLY,
     &v2::LOG_COUNTS_HOURLY,
     &v3::MIRROR_CHECKPOINTS,
+    &v4::AUTOMATIONS,
+    &v4::AUTOMATION_STATE,
+    &v4::AUTOMATION_DELIVERIES,
+    &v4::AUTOMATION_LEASES,
 ];
 
 /// The latest definition of every view.
@@ -129,6 +134,9 @@ pub(crate) mod revisions {
         FLOW_RUNS_MV, LOG_COUNTS_HOURLY, LOG_COUNTS_HOURLY_MV, LOGS,
     };
     pub(crate) use super::v3::MIRROR_CHECKPOINTS;
+    pub(crate) use super::v4::{
+        AUTOMATION_DELIVERIES, AUTOMATION_LEASES, AUTOMATION_STATE, AUTOMATIONS,
+    };
 }
 
 impl SchemaConfig {

@@ -147,6 +147,22 @@ pub fn migrations() -> &'static [Migration] {
                     .collect()
             },
         },
+        Migration {
+            version: 4,
+            name: "automations: definitions, state, deliveries, leases",
+            steps: |config| {
+                [
+                    &revisions::AUTOMATIONS,
+                    &revisions::AUTOMATION_STATE,
+                    &revisions::AUTOMATION_DELIVERIES,
+                    &revisions::AUTOMATION_LEASES,
+                ]
+                .into_iter()
+                .flat_map(|table| config.create_table(table))
+                .map(Step::Sql)
+                .collect()
+            },
+        },
     ]
 }
 

@@ -32,7 +32,12 @@ use uuid::Uuid;
 const CLUSTER: &str = "flowhouse_cluster";
 const DATABASE: &str = "flowhouse";
 /// Tables with one full copy on every node instead of shards (`Table::everywhere` in ddl.rs).
-const EVERYWHERE: &[&str] = &["schema_migrations", "ingest_batches", "mirror_checkpoints"];
+const EVERYWHERE: &[&str] = &[
+    "schema_migrations",
+    "ingest_batches",
+    "mirror_checkpoints",
+    "automation_leases",
+];
 
 fn config(topology: Topology) -> SchemaConfig {
     SchemaConfig {
