@@ -7,6 +7,7 @@
 //! was sent (acknowledged, if `messages_failed` is 0).
 
 pub mod endpoint;
+pub mod gate;
 pub mod kafka;
 
 use std::collections::BTreeMap;
