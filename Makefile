@@ -9,10 +9,15 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo test bench chaos contract fairness stack-up stack-down stack-status lint
+.PHONY: demo demo-prefect test bench chaos contract fairness fuzz browser stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
+
+# A real Prefect server and real flows, mirrored into Flowhouse (`flowhouse mirror prefect`); the
+# tenant's dashboard from Flowhouse next to what Prefect reports.
+demo-prefect:
+	deploy/local/demo-prefect
 
 # The end-to-end benchmark; size from BENCH_EVENTS. Writes bench/results/latest.json.
 bench:
@@ -25,7 +30,8 @@ chaos:
 	deploy/local/chaos
 
 # The test stack is separate from the demo's, so tests never touch demo data; its data is deleted
-# at the end, pass or fail.
+# at the end, pass or fail. The dashboard's browser tests are among them (headless Chromium, which
+# the stack installs on first use when it can, or names the command that does).
 test:
 	@set -euo pipefail; \
 	cargo fmt --all -- --check; \
@@ -33,7 +39,8 @@ test:
 	trap '$(STACK) reset' EXIT; \
 	eval "$$($(STACK) up)"; \
 	cargo clippy --workspace --all-targets --locked -- -D warnings; \
-	cargo test --workspace --locked
+	cargo test --workspace --locked; \
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-10} deploy/local/fuzz
 
 # The OpenAPI contract at length: schemathesis with 500 examples per operation (make test: 25).
 contract:
@@ -52,6 +59,19 @@ fairness:
 	trap '$(STACK) reset' EXIT; \
 	eval "$$($(STACK) up)"; \
 	FLOWHOUSE_FAIRNESS_STRICT=1 cargo test --locked -p flowhouse-tests --test fairness -- --nocapture
+
+# Every fuzz target (cargo fuzz, and atheris for the bridge's framing decoder) for FUZZ_SECONDS
+# each (default 300; make test runs 10). FUZZ_MERGE=1 merges new coverage into fuzz/corpus/.
+fuzz:
+	deploy/local/fuzz
+
+# The dashboard in headless Chromium alone; screenshots in target/dashboard-screenshots/.
+browser:
+	@set -euo pipefail; \
+	export FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR); \
+	trap '$(STACK) reset' EXIT; \
+	eval "$$($(STACK) up)"; \
+	cargo test --locked -p flowhouse-query-api --test dashboard -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

@@ -38,6 +38,9 @@ pub enum Command {
     /// Generate a workload, drive it through Flowhouse and report what was measured.
     #[cfg(feature = "loadtest")]
     Loadtest(flowhouse_loadtest::Args),
+    /// Follow an orchestrator's server and produce what it sees to Kafka (`mirror prefect`).
+    #[command(subcommand)]
+    Mirror(flowhouse_mirror::Source),
 }
 
 /// Runs one subcommand to completion.
@@ -51,5 +54,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keys(args) => flowhouse_keys::cli::run(args),
         #[cfg(feature = "loadtest")]
         Command::Loadtest(args) => flowhouse_loadtest::run(args).await,
+        Command::Mirror(source) => flowhouse_mirror::run(source).await,
     }
 }

@@ -33,9 +33,12 @@ pub struct Args {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub public: PublicApiArgs,
-    /// Where every route is served (the API, the websockets, /healthz, /readyz, /metrics).
+    /// Where every API route is served (ingestion, search, metrics, the websockets).
     #[arg(long, env = "FLOWHOUSE_LISTEN", default_value = "127.0.0.1:4200")]
     pub listen: SocketAddr,
+    /// Where /healthz, /readyz and /metrics are served (keep it off the public network).
+    #[arg(long, env = "FLOWHOUSE_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    pub admin_listen: SocketAddr,
     /// The tenant API keys file (reloaded when it changes).
     #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
     pub keys_file: PathBuf,
@@ -74,6 +77,7 @@ impl Args {
             self.topics.clone(),
         );
         args.listen = self.listen;
+        args.admin_listen = self.admin_listen;
         args.public = self.public.clone();
         args.limits = self.event_limits.clone();
         args
@@ -83,6 +87,7 @@ impl Args {
         flowhouse_query_api::Args {
             clickhouse: self.clickhouse.clone(),
             listen: self.listen,
+            admin_listen: self.admin_listen,
             keys_file: self.keys_file.clone(),
             page_token_secret: self.page_token_secret.clone(),
             public: self.public.clone(),
@@ -92,18 +97,17 @@ impl Args {
     }
 
     fn ingest(&self) -> flowhouse_ingest::Args {
-        flowhouse_ingest::Args {
-            clickhouse: self.clickhouse.clone(),
-            kafka: self.kafka.clone(),
-            topics: self.topics.clone(),
-            admin_listen: self.listen,
-            group: self.ingest_group.clone(),
-            session_timeout: Duration::from_secs(30),
-            batching: self.batching.clone(),
-            max_buffered_bytes: 256 * 1024 * 1024,
-            max_event_bytes: self.event_limits.max_event_bytes,
-            drain_timeout: DRAIN_TIMEOUT,
-        }
+        let mut args = flowhouse_ingest::Args::new(
+            self.clickhouse.clone(),
+            self.kafka.clone(),
+            self.topics.clone(),
+        );
+        args.admin_listen = self.admin_listen;
+        args.group = self.ingest_group.clone();
+        args.batching = self.batching.clone();
+        args.max_event_bytes = self.event_limits.max_event_bytes;
+        args.drain_timeout = DRAIN_TIMEOUT;
+        args
     }
 }
 
@@ -148,10 +152,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .route(
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json(document) }),
-        )
-        .merge(admin::routes(readiness));
+        );
     let router = args.public.build()?.router(routes);
-    let served = admin::serve(args.listen, router, shutdown.clone()).await;
+    let served = admin::serve_with_admin(
+        args.listen,
+        router,
+        args.admin_listen,
+        readiness,
+        shutdown.clone(),
+    )
+    .await;
     // Writes first: what the endpoint acknowledged is in Kafka before ingest stops reading.
     let drained = endpoint.drain(DRAIN_TIMEOUT).await;
     shutdown.cancel();
@@ -198,6 +208,8 @@ mod tests {
             "serve",
             "--listen",
             "127.0.0.1:4300",
+            "--admin-listen",
+            "127.0.0.1:9300",
             "--keys-file",
             "/etc/k.json",
             "--max-related-resources",
@@ -210,6 +222,8 @@ mod tests {
         let ingest = args.ingest();
         assert_eq!(endpoint.listen, args.listen);
         assert_eq!(query.listen, args.listen);
+        assert_eq!(endpoint.admin_listen, args.admin_listen);
+        assert_eq!(query.admin_listen, args.admin_listen);
         assert_eq!(endpoint.keys_file, query.keys_file);
         assert_eq!(endpoint.limits.limits().unwrap().max_related, 50);
         assert_eq!(ingest.max_event_bytes, endpoint.limits.max_event_bytes);

@@ -129,14 +129,9 @@ fn connections_point_at_the_compose_services() {
                 clickhouse_ports.contains(&port_of(url)),
                 "{name}: {url} is not a ClickHouse port"
             );
-            assert_eq!(
-                env["CLICKHOUSE_USER"], clickhouse.environment["CLICKHOUSE_USER"],
-                "{name}"
-            );
-            assert_eq!(
-                env["CLICKHOUSE_PASSWORD"], clickhouse.environment["CLICKHOUSE_PASSWORD"],
-                "{name}"
-            );
+            let (user, password) = clickhouse_user_of(&compose, name);
+            assert_eq!(env["CLICKHOUSE_USER"], user, "{name}");
+            assert_eq!(env["CLICKHOUSE_PASSWORD"], password, "{name}");
         }
         if reads.contains("KAFKA_BROKERS") {
             let brokers = env.get("KAFKA_BROKERS").unwrap_or_else(|| {
@@ -150,6 +145,65 @@ fn connections_point_at_the_compose_services() {
     }
 }
 
+/// The ClickHouse user and password a service should connect with: the query API's read-only
+/// user that migrate creates, or the `flowhouse` user (DDL and inserts) for the others.
+fn clickhouse_user_of(compose: &Compose, name: &str) -> (String, String) {
+    if name == "query-api" {
+        let migrate = &compose.services["migrate"].environment;
+        (
+            migrate["FLOWHOUSE_READER_USER"].clone(),
+            migrate["FLOWHOUSE_READER_PASSWORD"].clone(),
+        )
+    } else {
+        let clickhouse = &compose.services["clickhouse"].environment;
+        (
+            clickhouse["CLICKHOUSE_USER"].clone(),
+            clickhouse["CLICKHOUSE_PASSWORD"].clone(),
+        )
+    }
+}
+
+#[test]
+fn the_query_api_reads_as_the_read_only_user_with_its_tenant_settings() {
+    let compose = compose();
+    let (reader, reader_password) = clickhouse_user_of(&compose, "query-api");
+    let (writer, writer_password) = clickhouse_user_of(&compose, "ingest");
+    assert_ne!(reader, writer);
+    assert_ne!(reader_password, writer_password, "a password of its own");
+    let query_api = &compose.services["query-api"].environment;
+    assert_eq!(query_api["FLOWHOUSE_QUERY_TENANT_SETTINGS"], "true");
+    // The row policies read custom settings: the server must accept their prefix.
+    let clickhouse = &compose.services["clickhouse"];
+    assert_eq!(
+        clickhouse.environment["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"], "1",
+        "migrate creates the reader"
+    );
+    let mount = clickhouse
+        .volumes
+        .iter()
+        .find(|v| v.contains("/etc/clickhouse-server/config.d/"))
+        .expect("a config.d file");
+    let file = mount.split(':').next().unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/compose")
+        .join(file);
+    let config = std::fs::read_to_string(path).expect("read the ClickHouse config");
+    let prefixes = config
+        .split_once("<custom_settings_prefixes>")
+        .and_then(|(_, rest)| rest.split_once("</custom_settings_prefixes>"))
+        .map(|(prefixes, _)| prefixes)
+        .expect("custom_settings_prefixes");
+    for setting in [
+        flowhouse_schema::access::ACCOUNT_SETTING,
+        flowhouse_schema::access::WORKSPACE_SETTING,
+    ] {
+        assert!(
+            prefixes.split(',').any(|p| setting.starts_with(p.trim())),
+            "{setting} has none of the prefixes {prefixes}"
+        );
+    }
+}
+
 #[test]
 fn listen_ports_are_exposed_and_health_checked_and_only_the_proxy_is_published() {
     let compose = compose();
@@ -160,23 +214,31 @@ fn listen_ports_are_exposed_and_health_checked_and_only_the_proxy_is_published()
             "{name} publishes {:?}: clients go through the proxy",
             service.ports
         );
-        let Some((variable, listen)) = service
+        let listens: Vec<_> = service
             .environment
             .iter()
-            .find(|(k, _)| k.ends_with("_LISTEN"))
-        else {
+            .filter(|(k, _)| k.ends_with("_LISTEN"))
+            .collect();
+        for (variable, listen) in &listens {
+            assert!(
+                listen.starts_with("0.0.0.0:"),
+                "{name}: {variable}={listen} is unreachable from other containers"
+            );
+            let port = port_of(listen);
+            assert!(
+                service.expose.iter().any(|p| p == &port.to_string()),
+                "{name} listens on {port} but exposes {:?}",
+                service.expose
+            );
+        }
+        let Some((_, admin)) = listens.iter().find(|(k, _)| k.ends_with("_ADMIN_LISTEN")) else {
+            assert!(
+                listens.is_empty(),
+                "{name} serves HTTP without an admin port"
+            );
             continue;
         };
-        assert!(
-            listen.starts_with("0.0.0.0:"),
-            "{name}: {variable}={listen} is unreachable from other containers"
-        );
-        let port = port_of(listen);
-        assert!(
-            service.expose.iter().any(|p| p == &port.to_string()),
-            "{name} listens on {port} but exposes {:?}",
-            service.expose
-        );
+        let port = port_of(admin);
         let health = service
             .healthcheck
             .as_ref()
@@ -185,11 +247,14 @@ fn listen_ports_are_exposed_and_health_checked_and_only_the_proxy_is_published()
             .join(" ");
         assert!(
             health.contains(&format!("127.0.0.1:{port}/readyz")),
-            "{name}: health check {health:?} does not ask /readyz on {port}"
+            "{name}: health check {health:?} does not ask /readyz on its admin port {port}"
         );
         checked += 1;
     }
-    assert_eq!(checked, 3, "ingest, endpoint and query-api each serve HTTP");
+    assert_eq!(
+        checked, 3,
+        "ingest, endpoint and query-api each serve admin routes"
+    );
     let published: Vec<&str> = compose
         .services
         .iter()
@@ -234,12 +299,13 @@ fn upstream(rules: &[(Option<regex::Regex>, String)], path: &str) -> String {
 #[test]
 fn the_proxy_sends_writes_to_the_endpoint_and_the_rest_to_the_query_api() {
     let compose = compose();
+    // The public listen address, never the admin one: the proxy publishes the API only.
     let listen = |name: &str| {
         let service = &compose.services[name];
         let listen = service
             .environment
             .iter()
-            .find(|(k, _)| k.ends_with("_LISTEN"))
+            .find(|(k, _)| k.ends_with("_LISTEN") && !k.ends_with("_ADMIN_LISTEN"))
             .map(|(_, v)| port_of(v))
             .unwrap();
         format!("{name}:{listen}")

@@ -35,13 +35,20 @@ pub struct Args {
     pub public: PublicApiArgs,
     #[command(flatten)]
     pub limits: EventLimitArgs,
-    /// Where the API (and /healthz, /readyz, /metrics) is served.
+    /// Where the API is served.
     #[arg(
         long,
         env = "FLOWHOUSE_ENDPOINT_LISTEN",
         default_value = "127.0.0.1:4200"
     )]
     pub listen: SocketAddr,
+    /// Where /healthz, /readyz and /metrics are served (keep it off the public network).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_ENDPOINT_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub admin_listen: SocketAddr,
     /// The tenant API keys file (reloaded when it changes).
     #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
     pub keys_file: PathBuf,
@@ -176,6 +183,7 @@ impl Args {
             public: PublicApiArgs::new(),
             limits: EventLimitArgs::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4200)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
             keys_file,
             max_body_bytes: defaults::MAX_BODY_BYTES,
             rate_limit: defaults::RATE_LIMIT,
@@ -210,6 +218,7 @@ mod tests {
             parsed.topics.clone(),
         );
         assert_eq!(built.listen, parsed.listen);
+        assert_eq!(built.admin_listen, parsed.admin_listen);
         assert_eq!(built.max_body_bytes, parsed.max_body_bytes);
         assert_eq!(built.rate_limit, parsed.rate_limit);
         assert_eq!(built.rate_burst, parsed.rate_burst);

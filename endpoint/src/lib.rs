@@ -10,8 +10,8 @@
 //! | `POST /logs` | a JSON list of log lines | 201 once Kafka acknowledged every one |
 //!
 //! with or without a trailing slash (the SDK posts to `/logs/`), plus Prefect's `/admin/version`
-//! and `/health`, and `/healthz`, `/readyz` and `/metrics`. The tenant written to Kafka is the workspace of the
-//! path, and only once the caller's key is proven to hold it ([`flowhouse_keys`]); events are
+//! and `/health`; `/healthz`, `/readyz` and `/metrics` are on a separate admin listener. The
+//! tenant written to Kafka is the workspace of the path, and only once the caller's key is proven to hold it ([`flowhouse_keys`]); events are
 //! validated by [`flowhouse_schema`], the code the ingest consumer uses too.
 //!
 //! Modules: [`config`] (flags), [`routes`] (HTTP), [`websocket`], [`batch`] (bodies and
@@ -58,7 +58,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = flowhouse_service::shutdown::on_signal();
     let app = App::start(&args, Readiness::default()).await?;
-    flowhouse_service::admin::serve(args.listen, app.router(), shutdown).await?;
+    flowhouse_service::admin::serve_with_admin(
+        args.listen,
+        app.router(),
+        args.admin_listen,
+        app.readiness(),
+        shutdown,
+    )
+    .await?;
     app.drain(DRAIN_TIMEOUT).await
 }
 
@@ -142,13 +149,15 @@ impl App {
         })
     }
 
-    /// The API, `/openapi.json` and the admin routes, on one port.
+    /// The API and `/openapi.json` (the admin routes are served apart: [`Self::admin_router`]).
     pub fn router(&self) -> Router {
-        self.public.router(
-            self.api_routes()
-                .merge(self.openapi_route())
-                .merge(flowhouse_service::admin::routes(self.readiness.clone())),
-        )
+        self.public
+            .router(self.api_routes().merge(self.openapi_route()))
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`, for the admin listener.
+    pub fn admin_router(&self) -> Router {
+        flowhouse_service::admin::routes(self.readiness.clone())
     }
 
     /// `GET /openapi.json`: this endpoint's document, with the limits it enforces.

@@ -615,7 +615,7 @@ async fn hostile_input_is_refused_or_contained_to_the_callers_tenant() {
     );
     let health = endpoint
         .http
-        .get(endpoint.url("/healthz"))
+        .get(endpoint.admin_url("/healthz"))
         .send()
         .await
         .unwrap();
@@ -623,14 +623,18 @@ async fn hostile_input_is_refused_or_contained_to_the_callers_tenant() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_metrics_are_served_beside_the_api() {
+async fn health_readiness_and_metrics_are_served_on_the_admin_listener_only() {
     let (endpoint, writer) = endpoint().await;
     assert_eq!(
         endpoint.post_events(&writer, &[event("m")]).await.status(),
         204
     );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let public = endpoint.http.get(endpoint.url(path)).send().await.unwrap();
+        assert_eq!(public.status(), 404, "{path} on the public API");
+    }
     let get = |path: &'static str| {
-        let url = endpoint.url(path);
+        let url = endpoint.admin_url(path);
         let http = endpoint.http.clone();
         async move { http.get(url).send().await.unwrap() }
     };

@@ -80,7 +80,7 @@ async fn a_pong_waits_for_kafka_and_http_is_refused_while_it_is_down() {
     }
 
     broker(&private.stack, "stop");
-    let readyz = endpoint.url("/readyz");
+    let readyz = endpoint.admin_url("/readyz");
     common::wait_until(
         "the endpoint to see Kafka down",
         Duration::from_secs(120),

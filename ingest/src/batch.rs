@@ -22,15 +22,28 @@ pub struct BatchLimits {
     #[arg(
         long = "batch-max-rows",
         env = "FLOWHOUSE_INGEST_BATCH_MAX_ROWS",
-        default_value_t = 50_000
+        default_value_t = DEFAULT_LIMITS.max_rows
     )]
     pub max_rows: usize,
     /// Bytes (approximate, in memory) that close a batch.
-    #[arg(long = "batch-max-bytes", env = "FLOWHOUSE_INGEST_BATCH_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long = "batch-max-bytes", env = "FLOWHOUSE_INGEST_BATCH_MAX_BYTES", default_value_t = DEFAULT_LIMITS.max_bytes)]
     pub max_bytes: usize,
     /// Age of a batch's first message that closes it.
     #[arg(long = "batch-max-age", env = "FLOWHOUSE_INGEST_BATCH_MAX_AGE", value_parser = humantime::parse_duration, default_value = "1s")]
     pub max_age: Duration,
+}
+
+/// The flags' defaults (a test in `config` checks `max_age` against the flag's text).
+const DEFAULT_LIMITS: BatchLimits = BatchLimits {
+    max_rows: 50_000,
+    max_bytes: 32 * 1024 * 1024,
+    max_age: Duration::from_secs(1),
+};
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        DEFAULT_LIMITS
+    }
 }
 
 /// An inclusive offset range recorded in the manifest.
@@ -273,6 +286,7 @@ mod tests {
             account_id: Uuid::nil(),
             workspace_id: Uuid::nil(),
             timestamp: Utc::now(),
+            id: Uuid::nil(),
             received: Utc::now(),
             level: 20,
             name: "n".into(),

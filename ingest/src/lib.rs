@@ -11,9 +11,11 @@
 //! - [`dead_letter`]: refused messages to the dead-letter topic, with the reason in headers;
 //! - [`consumer`]: the consumer-group loop tying them together (where partitions start,
 //!   rebalances, backpressure, commits, partitions nobody consumes, shutdown);
-//! - [`telemetry`]: the service's metrics.
+//! - [`telemetry`]: the service's metrics;
+//! - [`config`]: the flags, with their defaults in one place.
 
 pub mod batch;
+pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod errors;
@@ -23,56 +25,15 @@ pub mod sink;
 pub mod stalls;
 pub mod telemetry;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flowhouse_schema::contract::TopicArgs;
 use flowhouse_service::admin::{self, Readiness};
 use flowhouse_service::clickhouse::ClickHouseArgs;
-use flowhouse_service::kafka::{KafkaArgs, ensure_topics};
+use flowhouse_service::kafka::ensure_topics;
 use flowhouse_service::shutdown;
 
-/// Flags of `flowhouse ingest`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct Args {
-    #[command(flatten)]
-    pub clickhouse: ClickHouseArgs,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub topics: TopicArgs,
-    /// Where /healthz, /readyz and /metrics are served.
-    #[arg(
-        long,
-        env = "FLOWHOUSE_INGEST_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9464"
-    )]
-    pub admin_listen: SocketAddr,
-    /// Kafka consumer group; ingest processes in one group share the partitions.
-    #[arg(
-        long,
-        env = "FLOWHOUSE_INGEST_GROUP",
-        default_value = "flowhouse-ingest"
-    )]
-    pub group: String,
-    /// How long the group waits for a silent member before giving its partitions to others:
-    /// the failover time after a crash. Shorter is faster failover, but a broker that answers
-    /// heartbeats slowly under load (tansu on SQLite takes seconds) then evicts live members.
-    #[arg(long, env = "FLOWHOUSE_INGEST_SESSION_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub session_timeout: Duration,
-    #[command(flatten)]
-    pub batching: batch::BatchLimits,
-    /// Memory for buffered rows across all partitions; consumption pauses above it.
-    #[arg(long, env = "FLOWHOUSE_INGEST_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
-    pub max_buffered_bytes: usize,
-    /// Largest event or log accepted, in bytes; larger messages are dead-lettered.
-    #[arg(long, env = "FLOWHOUSE_MAX_EVENT_BYTES", default_value_t = 1_500_000)]
-    pub max_event_bytes: usize,
-    /// How long a SIGTERM may take to insert and commit what is buffered.
-    #[arg(long, env = "FLOWHOUSE_INGEST_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub drain_timeout: Duration,
-}
+pub use config::Args;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();

@@ -139,6 +139,30 @@ impl KeySet {
         })
     }
 
+    /// Every workspace `key` holds with `scope`, in the order the keys file lists them: what a
+    /// dashboard signs in to. The same refusals as [`KeySet::authorize`]: no key, an unknown or
+    /// revoked one, or one without the scope.
+    pub fn workspaces(&self, key: Option<&str>, scope: Scope) -> Result<Vec<Tenant>, AuthError> {
+        let key = key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let record = self.by_hash.get(&key_hash(key)).ok_or(AuthError::Unknown)?;
+        if !record.scopes.contains(&scope) {
+            return Err(AuthError::Forbidden(format!(
+                "this key lacks the `{scope}` scope"
+            )));
+        }
+        Ok(record
+            .workspaces
+            .iter()
+            .map(|&workspace_id| Tenant {
+                account_id: record.account_id,
+                workspace_id,
+            })
+            .collect())
+    }
+
     pub fn len(&self) -> usize {
         self.by_hash.len()
     }
@@ -209,6 +233,10 @@ impl Keys {
     ) -> Result<Tenant, AuthError> {
         self.current()
             .authorize(key, account_id, workspace_id, scope)
+    }
+
+    pub fn workspaces(&self, key: Option<&str>, scope: Scope) -> Result<Vec<Tenant>, AuthError> {
+        self.current().workspaces(key, scope)
     }
 
     /// Re-reads the file whenever its modification time or size changes, every `interval`,
@@ -328,6 +356,38 @@ mod tests {
             set.authorize(Some("  "), account, workspace, Scope::Write),
             Err(AuthError::Missing)
         );
+    }
+
+    #[test]
+    fn a_key_lists_only_its_own_workspaces_for_its_scopes() {
+        let (account, w1, w2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut both = record("fh_c_secret", account, w1, &[Scope::Read]);
+        both.workspaces.push(w2);
+        let other = record(
+            "fh_d_secret",
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            &[Scope::Write],
+        );
+        let set = KeySet::from_file(&KeysFile {
+            version: 1,
+            keys: vec![both, other],
+        });
+        let tenants = set.workspaces(Some("fh_c_secret"), Scope::Read).unwrap();
+        assert_eq!(
+            tenants.iter().map(|t| t.workspace_id).collect::<Vec<_>>(),
+            vec![w1, w2]
+        );
+        assert!(tenants.iter().all(|t| t.account_id == account));
+        assert!(matches!(
+            set.workspaces(Some("fh_d_secret"), Scope::Read),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert_eq!(
+            set.workspaces(Some("fh_x_secret"), Scope::Read),
+            Err(AuthError::Unknown)
+        );
+        assert_eq!(set.workspaces(None, Scope::Read), Err(AuthError::Missing));
     }
 
     #[test]

@@ -18,7 +18,6 @@ use flowhouse_query_api::{AppState, Settings, router};
 use flowhouse_schema::Tenant;
 use flowhouse_schema::ddl::{SchemaConfig, Topology};
 use flowhouse_schema::rows::{EventRow, LogRow};
-use flowhouse_service::admin::Readiness;
 use flowhouse_tests::Stack;
 use uuid::Uuid;
 use workload::{DAY, HOUR, rfc3339};
@@ -115,7 +114,7 @@ async fn load(
 }
 
 async fn serve(state: AppState) -> String {
-    let app = router(state, Readiness::default());
+    let app = router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -6,14 +6,20 @@
 //!   own, so two tenants can never share an entry whatever their queries look like.
 //! - Single-flight: `try_get_with` runs one loader per key; concurrent misses wait for it and
 //!   share its answer (or its error, which is not cached).
-//! - Per-entry TTL aligned to buckets: an answer whose window ends before the current bucket
-//!   opened (minus a settling time for late data) lives long; one that covers the open bucket
-//!   lives for the configured freshness only, so it is never staler than that.
+//! - Per-entry freshness aligned to buckets: an answer whose window ends before the current
+//!   bucket opened (minus a settling time for late data) stays fresh long; one that covers the
+//!   open bucket stays fresh for the configured freshness only.
+//! - Stale-while-revalidate: once an answer is no longer fresh it is still served, for at most
+//!   `max_stale` more, while one background load per key replaces it. A dashboard that refreshes
+//!   every few seconds then never waits for ClickHouse (its request starts the refresh the next
+//!   one sees), and no answer is older than freshness + `max_stale`: the `Age` header says how
+//!   old each one is. A key nobody asked for in that time expires and loads in the foreground.
 //! - HTTP: a strong `ETag` (hash of the body) with `If-None-Match` → 304, and `Cache-Control:
-//!   private, max-age` = what is left of the entry's life (private: answers are per key).
+//!   private, max-age` = what is left of the entry's freshness (private: answers are per key).
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -43,35 +49,54 @@ pub struct Entry {
     pub body: Bytes,
     pub etag: String,
     created: Instant,
-    ttl: Duration,
+    /// How long after `created` the answer is fresh.
+    fresh_for: Duration,
 }
 
 impl Entry {
-    fn new(body: Bytes, ttl: Duration) -> Self {
+    fn new(body: Bytes, fresh_for: Duration) -> Self {
         let digest = Sha256::digest(&body);
         Self {
             etag: format!("\"{}\"", hex::encode(&digest[..16])),
             body,
             created: Instant::now(),
-            ttl,
+            fresh_for,
         }
     }
 
-    fn remaining(&self) -> Duration {
-        self.ttl.saturating_sub(self.created.elapsed())
+    fn fresh_remaining(&self) -> Duration {
+        self.fresh_for.saturating_sub(self.created.elapsed())
+    }
+
+    fn is_fresh(&self) -> bool {
+        !self.fresh_remaining().is_zero()
     }
 }
 
-struct PerEntryTtl;
+/// An entry lives for its freshness, then `max_stale` more during which it may be served while
+/// it is being replaced.
+struct FreshThenStale {
+    max_stale: Duration,
+}
 
-impl Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
+impl Expiry<CacheKey, Arc<Entry>> for FreshThenStale {
     fn expire_after_create(
         &self,
         _key: &CacheKey,
         value: &Arc<Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.fresh_for.saturating_add(self.max_stale))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &CacheKey,
+        value: &Arc<Entry>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
     }
 }
 
@@ -86,6 +111,9 @@ pub struct CachePolicy {
     pub settled_ttl: Duration,
     /// How long after a bucket closes late events may still change it.
     pub settle: Duration,
+    /// How long past its freshness an answer may still be served while a background load
+    /// replaces it (0: never; every answer past its freshness loads in the foreground).
+    pub max_stale: Duration,
 }
 
 impl CachePolicy {
@@ -106,12 +134,16 @@ impl CachePolicy {
 pub struct ResponseCache {
     cache: Option<Cache<CacheKey, Arc<Entry>>>,
     policy: CachePolicy,
+    /// Keys with a background load running: one at a time per key.
+    refreshing: Arc<Mutex<HashSet<CacheKey>>>,
 }
 
 /// How a request was served, for `/metrics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Hit,
+    /// Served past its freshness (within `max_stale`) while a background load replaces it.
+    Stale,
     /// This request ran the loader.
     Miss,
     /// Another request was already loading the same key; this one waited and shared it.
@@ -122,6 +154,7 @@ impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
+            Outcome::Stale => "stale",
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
         }
@@ -137,10 +170,16 @@ impl ResponseCache {
                     let bytes = key.query.len() + entry.body.len() + entry.etag.len() + 96;
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
-                .expire_after(PerEntryTtl)
+                .expire_after(FreshThenStale {
+                    max_stale: policy.max_stale,
+                })
                 .build()
         });
-        Self { cache, policy }
+        Self {
+            cache,
+            policy,
+            refreshing: Arc::default(),
+        }
     }
 
     /// The life of an answer about data up to `window_end` (µs): long when every bucket it
@@ -150,7 +189,8 @@ impl ResponseCache {
     }
 
     /// The cached answer for `key`, or the one `load` produces (run once however many requests
-    /// ask for the key at the same time).
+    /// ask for the key at the same time). A stale answer is returned at once and `load` runs in
+    /// the background to replace it.
     pub async fn get_or_load<F>(
         &self,
         key: CacheKey,
@@ -158,7 +198,7 @@ impl ResponseCache {
         load: F,
     ) -> Result<(Arc<Entry>, Outcome), ApiError>
     where
-        F: Future<Output = Result<Bytes, ApiError>>,
+        F: Future<Output = Result<Bytes, ApiError>> + Send + 'static,
     {
         let route = key.route;
         let Some(cache) = &self.cache else {
@@ -168,8 +208,14 @@ impl ResponseCache {
             return Ok((Arc::new(Entry::new(body, Duration::ZERO)), Outcome::Miss));
         };
         if let Some(entry) = cache.get(&key).await {
-            record(route, Outcome::Hit);
-            return Ok((entry, Outcome::Hit));
+            let outcome = if entry.is_fresh() {
+                Outcome::Hit
+            } else {
+                self.refresh_in_background(cache, key, ttl, load);
+                Outcome::Stale
+            };
+            record(route, outcome);
+            return Ok((entry, outcome));
         }
         let ran = Arc::new(AtomicBool::new(false));
         let loader = {
@@ -197,6 +243,49 @@ impl ResponseCache {
     }
 }
 
+impl ResponseCache {
+    /// Runs `load` on its own task and stores its answer, unless a load for `key` already
+    /// runs. A failed load leaves the stale answer to expire (the next request past it loads in
+    /// the foreground and gets the error).
+    fn refresh_in_background<F>(
+        &self,
+        cache: &Cache<CacheKey, Arc<Entry>>,
+        key: CacheKey,
+        ttl: Duration,
+        load: F,
+    ) where
+        F: Future<Output = Result<Bytes, ApiError>> + Send + 'static,
+    {
+        let claimed = lock(&self.refreshing).insert(key.clone());
+        if !claimed {
+            return;
+        }
+        let (cache, refreshing) = (cache.clone(), self.refreshing.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match load.await {
+                Ok(body) => {
+                    record_load(key.route, started);
+                    cache
+                        .insert(key.clone(), Arc::new(Entry::new(body, ttl)))
+                        .await;
+                }
+                Err(error) => {
+                    metrics::counter!(telemetry::CACHE_REFRESH_FAILURES, "route" => key.route)
+                        .increment(1);
+                    tracing::warn!(route = key.route, %error, "background refresh failed");
+                }
+            }
+            lock(&refreshing).remove(&key);
+        });
+    }
+}
+
+fn lock(set: &Mutex<HashSet<CacheKey>>) -> std::sync::MutexGuard<'_, HashSet<CacheKey>> {
+    // Inserting or removing a key cannot leave the set half-changed: recover from a poison.
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn record(route: &'static str, outcome: Outcome) {
     metrics::counter!(telemetry::CACHE_REQUESTS, "route" => route, "result" => outcome.label())
         .increment(1);
@@ -210,7 +299,7 @@ fn record_load(route: &'static str, started: Instant) {
 /// The HTTP response for a cached body: 304 when the client already has it (GET only: a
 /// failed precondition on other methods is not a 304), else 200 with the body.
 pub fn respond(entry: &Entry, method: &Method, headers: &HeaderMap) -> Response {
-    let max_age = entry.remaining().as_secs();
+    let max_age = entry.fresh_remaining().as_secs();
     let cache_control = if max_age == 0 {
         HeaderValue::from_static("private, no-cache")
     } else {
@@ -239,6 +328,11 @@ pub fn respond(entry: &Entry, method: &Method, headers: &HeaderMap) -> Response 
             .into_response()
     };
     response.headers_mut().insert(header::ETAG, etag);
+    // How old the answer is: a dashboard shows its data's freshness from it.
+    response.headers_mut().insert(
+        header::AGE,
+        HeaderValue::from(entry.created.elapsed().as_secs()),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, cache_control);
@@ -258,7 +352,127 @@ mod tests {
             fresh_ttl: Duration::from_secs(10),
             settled_ttl: Duration::from_secs(3600),
             settle: Duration::from_secs(600),
+            max_stale: Duration::from_secs(30),
         }
+    }
+
+    fn key() -> CacheKey {
+        CacheKey {
+            tenant: Tenant {
+                account_id: uuid::Uuid::from_u128(1),
+                workspace_id: uuid::Uuid::from_u128(2),
+            },
+            route: "test",
+            query: "q".into(),
+        }
+    }
+
+    /// A loader that answers `body` and counts its runs.
+    fn loader(
+        body: &'static str,
+        runs: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> impl Future<Output = Result<Bytes, ApiError>> + Send + 'static {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(Bytes::from_static(body.as_bytes()))
+        }
+    }
+
+    /// Waits (bounded) until the background load for `key` finished.
+    async fn refreshed(cache: &ResponseCache) {
+        for _ in 0..1000 {
+            if lock(&cache.refreshing).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the background load never finished");
+    }
+
+    #[tokio::test]
+    async fn a_stale_answer_is_served_at_once_while_one_background_load_replaces_it() {
+        let cache = ResponseCache::new(policy());
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Fresh for no time at all: the next request finds it stale.
+        let (first, outcome) = cache
+            .get_or_load(key(), Duration::ZERO, loader("old", &runs))
+            .await
+            .unwrap();
+        assert_eq!((first.body.as_ref(), outcome), (&b"old"[..], Outcome::Miss));
+
+        // Eight requests past freshness: each gets the old answer at once; one load runs.
+        for _ in 0..8 {
+            let (entry, outcome) = cache
+                .get_or_load(key(), Duration::from_secs(60), loader("new", &runs))
+                .await
+                .unwrap();
+            assert_eq!(outcome, Outcome::Stale);
+            assert_eq!(entry.body.as_ref(), b"old");
+        }
+        refreshed(&cache).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "the first load and one refresh"
+        );
+
+        let (entry, outcome) = cache
+            .get_or_load(key(), Duration::from_secs(60), loader("unused", &runs))
+            .await
+            .unwrap();
+        assert_eq!((entry.body.as_ref(), outcome), (&b"new"[..], Outcome::Hit));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn without_max_stale_an_answer_past_its_freshness_loads_in_the_foreground() {
+        let cache = ResponseCache::new(CachePolicy {
+            max_stale: Duration::ZERO,
+            ..policy()
+        });
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        cache
+            .get_or_load(key(), Duration::ZERO, loader("old", &runs))
+            .await
+            .unwrap();
+        let (entry, outcome) = cache
+            .get_or_load(key(), Duration::from_secs(60), loader("new", &runs))
+            .await
+            .unwrap();
+        assert_eq!((entry.body.as_ref(), outcome), (&b"new"[..], Outcome::Miss));
+    }
+
+    #[tokio::test]
+    async fn a_failed_background_load_keeps_serving_the_stale_answer_until_it_expires() {
+        let cache = ResponseCache::new(policy());
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        cache
+            .get_or_load(key(), Duration::ZERO, loader("old", &runs))
+            .await
+            .unwrap();
+        let failing = async { Err::<Bytes, _>(ApiError::Upstream) };
+        let (entry, outcome) = cache
+            .get_or_load(key(), Duration::from_secs(60), failing)
+            .await
+            .unwrap();
+        assert_eq!(
+            (entry.body.as_ref(), outcome),
+            (&b"old"[..], Outcome::Stale)
+        );
+        refreshed(&cache).await;
+        // The next request starts another load, which succeeds.
+        let (entry, _) = cache
+            .get_or_load(key(), Duration::from_secs(60), loader("new", &runs))
+            .await
+            .unwrap();
+        assert_eq!(entry.body.as_ref(), b"old");
+        refreshed(&cache).await;
+        let (entry, outcome) = cache
+            .get_or_load(key(), Duration::from_secs(60), loader("unused", &runs))
+            .await
+            .unwrap();
+        assert_eq!((entry.body.as_ref(), outcome), (&b"new"[..], Outcome::Hit));
     }
 
     #[test]

@@ -16,13 +16,20 @@ use crate::window;
 pub struct Args {
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
-    /// Where the API (and /healthz, /readyz, /metrics) is served.
+    /// Where the API is served.
     #[arg(
         long,
         env = "FLOWHOUSE_QUERY_API_LISTEN",
         default_value = "127.0.0.1:4201"
     )]
     pub listen: SocketAddr,
+    /// Where /healthz, /readyz and /metrics are served (keep it off the public network).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_QUERY_API_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9466"
+    )]
+    pub admin_listen: SocketAddr,
     /// The tenant API keys file.
     #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
     pub keys_file: PathBuf,
@@ -95,7 +102,8 @@ mod defaults {
     pub const MAX_CONCURRENT_PER_TENANT: usize = 4;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const CACHE_BYTES: u64 = 256 * 1024 * 1024;
-    pub const CACHE_FRESH: Duration = Duration::from_secs(10);
+    pub const CACHE_FRESH: Duration = Duration::from_secs(1);
+    pub const CACHE_MAX_STALE: Duration = Duration::from_secs(30);
     pub const CACHE_SETTLED: Duration = Duration::from_secs(3600);
     pub const CACHE_SETTLE: Duration = Duration::from_secs(600);
 }
@@ -137,15 +145,23 @@ pub struct Settings {
     /// Response cache size in bytes (0: no cache).
     #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_BYTES", default_value_t = defaults::CACHE_BYTES)]
     pub cache_bytes: u64,
-    /// Freshness: the longest an answer covering the open bucket is served from cache.
-    #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_FRESH", value_parser = duration, default_value = "10s")]
+    /// Freshness: how long an answer covering the open bucket is served without a reload.
+    #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_FRESH", value_parser = duration, default_value = "1s")]
     pub cache_fresh: Duration,
+    /// How long past its freshness an answer is still served while it is reloaded in the
+    /// background (its `Age` says how old it is); 0 reloads in the foreground.
+    #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_MAX_STALE", value_parser = duration, default_value = "30s")]
+    pub cache_max_stale: Duration,
     /// Life of an answer over closed, settled buckets only.
     #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_SETTLED", value_parser = duration, default_value = "1h")]
     pub cache_settled: Duration,
     /// How long after a bucket closes it may still receive late events.
     #[arg(long, env = "FLOWHOUSE_QUERY_CACHE_SETTLE", value_parser = duration, default_value = "10m")]
     pub cache_settle: Duration,
+    /// Send each query's tenant as the ClickHouse settings the tenant row policies read
+    /// (`flowhouse migrate --reader-user`); needs `SQL_` in the server's custom_settings_prefixes.
+    #[arg(long, env = "FLOWHOUSE_QUERY_TENANT_SETTINGS")]
+    pub tenant_settings: bool,
 }
 
 impl Default for Settings {
@@ -161,8 +177,10 @@ impl Default for Settings {
             queue_timeout: defaults::QUEUE_TIMEOUT,
             cache_bytes: defaults::CACHE_BYTES,
             cache_fresh: defaults::CACHE_FRESH,
+            cache_max_stale: defaults::CACHE_MAX_STALE,
             cache_settled: defaults::CACHE_SETTLED,
             cache_settle: defaults::CACHE_SETTLE,
+            tenant_settings: false,
         }
     }
 }
@@ -268,12 +286,14 @@ mod tests {
             (
                 d.cache_bytes,
                 d.cache_fresh,
+                d.cache_max_stale,
                 d.cache_settled,
                 d.cache_settle
             ),
             (
                 p.cache_bytes,
                 p.cache_fresh,
+                p.cache_max_stale,
                 p.cache_settled,
                 p.cache_settle
             )

@@ -6,13 +6,14 @@
 //!   part of the SQL, so quotes, backslashes or `{x:String}` in a filter are plain data.
 //! - [`Db`] runs it: one slot of a semaphore per query (a bound on what a burst of requests
 //!   can ask of ClickHouse), `max_execution_time` on each query, and a counter per query kind
-//!   on `/metrics` (which is also how tests observe single-flight loading).
+//!   on `/metrics` (which is also how tests observe single-flight loading), and, when the
+//!   tenant row policies are in place, the tenant as the settings they read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::{Client, RowOwned, RowRead};
-use flowhouse_schema::Tenant;
+use flowhouse_schema::{Tenant, access};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -85,6 +86,11 @@ impl Sql {
     pub fn text(&self) -> &str {
         &self.text
     }
+
+    /// The bound parameters, `(name, value)`: what a request contributed to the query.
+    pub fn params(&self) -> &[(String, Value)] {
+        &self.params
+    }
 }
 
 /// Limits applied to every query.
@@ -96,6 +102,17 @@ pub struct DbLimits {
     pub queue_timeout: Duration,
     /// ClickHouse queries one tenant may run at once.
     pub max_concurrent_per_tenant: usize,
+    /// Send the tenant as the settings the tenant row policies read ([`tenant_settings`]).
+    pub tenant_settings: bool,
+}
+
+/// The query's tenant as the custom settings of `flowhouse_schema::access`: with the row
+/// policies in place, ClickHouse itself returns no other tenant's rows.
+pub fn tenant_settings(tenant: &Tenant) -> [(&'static str, String); 2] {
+    [
+        (access::ACCOUNT_SETTING, tenant.account_id.to_string()),
+        (access::WORKSPACE_SETTING, tenant.workspace_id.to_string()),
+    ]
 }
 
 #[derive(Clone)]
@@ -160,6 +177,11 @@ impl Db {
             )
             // Duplicates of an event (same occurred and id) always share a daily partition.
             .with_setting("do_not_merge_across_partitions_select_final", "1");
+        if self.limits.tenant_settings {
+            for (name, value) in tenant_settings(&sql.tenant) {
+                query = query.with_setting(name, value);
+            }
+        }
         for (name, value) in &sql.params {
             query = query.param(name, value);
         }
@@ -177,5 +199,36 @@ impl Db {
                 ApiError::Upstream
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowhouse_schema::access;
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn the_tenant_settings_are_the_ones_the_row_policies_read() {
+        let tenant = Tenant {
+            account_id: Uuid::new_v4(),
+            workspace_id: Uuid::new_v4(),
+        };
+        let filter = access::tenant_filter();
+        let settings = tenant_settings(&tenant);
+        for (name, _) in &settings {
+            assert!(
+                filter.contains(&format!("getSetting('{name}')")),
+                "{name} in {filter}"
+            );
+        }
+        // Each value is the UUID the policy compares its column with.
+        assert_eq!(
+            settings.map(|(_, value)| Uuid::parse_str(&value).unwrap()),
+            [tenant.account_id, tenant.workspace_id]
+        );
+        assert!(filter.starts_with("account_id = toUUID(getSetting('"));
+        assert!(filter.contains(" AND workspace_id = toUUID(getSetting('"));
     }
 }

@@ -6,15 +6,19 @@
 //! - `POST /events/filter`, `GET /events/filter/next`, `POST /events/count-by/{countable}`
 //!   ([`events`]); `POST /logs/filter` ([`logs`]); `POST /flow_runs/history` ([`history`]).
 //!
+//! - the dashboard, a web page at `/` with its files under `/dashboard/` ([`web`]);
+//! - `GET /api/me/workspaces` ([`me`]): the workspaces a key reads (the dashboard's sign-in).
 //! - websockets `GET /events/out` and `GET /logs/out` ([`live`]): Prefect's subscriber protocol,
 //!   a backfill from ClickHouse, then live items from Kafka.
 //!
 //! Plus `/openapi.json` (generated from the handlers and types below), Prefect's
-//! `/admin/version` and `/health`, `/healthz`, `/readyz` and `/metrics` on the same port.
+//! `/admin/version` and `/health`; `/healthz`, `/readyz` and `/metrics` are served on a separate
+//! admin listener.
 //!
 //! Module map: [`config`] (flags), [`auth`] (key → tenant), [`db`] (the only way to ClickHouse: bound parameters,
 //! tenant predicate, concurrency limit, timeouts), [`cache`] (moka, single-flight, TTL, ETag),
-//! [`error`] (one error type → HTTP), [`window`] (windows and buckets), [`request`] (parsing).
+//! [`error`] (one error type → HTTP), [`window`] (windows and buckets), [`zone`] (time zones of
+//! day buckets), [`request`] (parsing).
 
 pub mod auth;
 pub mod cache;
@@ -27,11 +31,14 @@ pub mod events;
 pub mod history;
 pub mod live;
 pub mod logs;
+pub mod me;
 pub mod openapi;
 pub mod request;
 pub mod telemetry;
 pub mod text_search;
+pub mod web;
 pub mod window;
+pub mod zone;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +102,7 @@ impl AppState {
                 max_execution_secs: settings.query_timeout.as_secs().max(1),
                 queue_timeout: settings.queue_timeout,
                 max_concurrent_per_tenant: settings.max_concurrent_per_tenant,
+                tenant_settings: settings.tenant_settings,
             },
         );
         let cache = ResponseCache::new(CachePolicy {
@@ -102,6 +110,7 @@ impl AppState {
             fresh_ttl: settings.cache_fresh,
             settled_ttl: settings.cache_settled,
             settle: settings.cache_settle,
+            max_stale: settings.cache_max_stale,
         });
         Self {
             db,
@@ -142,7 +151,7 @@ pub(crate) async fn cached_json<T, F>(
 ) -> Result<Response, ApiError>
 where
     T: Serialize,
-    F: Future<Output = Result<T, ApiError>> + Send,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     let key = CacheKey {
         tenant,
@@ -151,7 +160,7 @@ where
     };
     let (entry, _) = state
         .cache
-        .get_or_load(key, ttl, async {
+        .get_or_load(key, ttl, async move {
             let value = compute.await?;
             serde_json::to_vec(&value)
                 .map(Bytes::from)
@@ -161,15 +170,11 @@ where
     Ok(cache::respond(&entry, method, headers))
 }
 
-/// The whole HTTP surface: API routes, `/openapi.json` and the admin routes, behind the public
-/// API's path handling and CORS.
-pub fn router(state: AppState, readiness: Readiness) -> Router {
+/// The public HTTP surface: API routes and `/openapi.json`, behind the public API's path
+/// handling and CORS. The admin routes are served apart ([`admin::routes`]).
+pub fn router(state: AppState) -> Router {
     let public = state.public.clone();
-    public.router(
-        api_routes(state)
-            .route("/openapi.json", get(openapi::serve))
-            .merge(admin::routes(readiness)),
-    )
+    public.router(api_routes(state).route("/openapi.json", get(openapi::serve)))
 }
 
 /// The query routes alone, to be served with other services' routes in one process.
@@ -219,6 +224,13 @@ pub fn api_routes(state: AppState) -> Router {
         .route(
             &format!("{base}/flow_runs/history"),
             post(history::flow_run_history),
+        )
+        .route("/", get(web::index))
+        .route("/dashboard/{file}", get(web::file))
+        .route("/api/me/workspaces", get(me::me_workspaces))
+        .route(
+            &format!("{base}/me/workspaces"),
+            get(me::me_workspaces_in_workspace),
         )
         .route(&format!("{base}/events/out"), get(live::events_out))
         .route(&format!("{base}/logs/out"), get(live::logs_out))
@@ -277,5 +289,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let (state, _tasks) = start(&args, &readiness).await?;
     let shutdown = flowhouse_service::shutdown::on_signal();
-    admin::serve(args.listen, router(state, readiness), shutdown).await
+    admin::serve_with_admin(
+        args.listen,
+        router(state),
+        args.admin_listen,
+        readiness,
+        shutdown,
+    )
+    .await
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use flowhouse_service::openapi::{ErrorBody, KeySchemes};
 use utoipa::{IntoResponses, OpenApi};
 
-use crate::{dashboard, events, history, logs};
+use crate::{dashboard, events, history, logs, me, web};
 
 /// Every failure a query route can answer, as `crate::error::ApiError` maps them.
 #[derive(IntoResponses)]
@@ -55,11 +55,17 @@ pub enum Errors {
         events::count::count_by,
         logs::filter_logs,
         history::flow_run_history,
+        me::me_workspaces,
+        me::me_workspaces_in_workspace,
+        web::index,
+        web::file,
     ),
     components(schemas(
         events::count::Countable,
         dashboard::params::FilterValue,
-        history::filters::NullOnly
+        dashboard::params::TimeZoneName,
+        history::filters::NullOnly,
+        web::DashboardFile
     )),
     modifiers(&KeySchemes)
 )]
@@ -94,6 +100,6 @@ mod tests {
                 "{name} missing from openapi.json"
             );
         }
-        assert_eq!(doc.paths.paths.len(), 11);
+        assert_eq!(doc.paths.paths.len(), 15);
     }
 }

@@ -2,6 +2,7 @@
 
 pub const CACHE_REQUESTS: &str = "flowhouse_query_cache_requests_total";
 pub const CACHE_LOAD_SECONDS: &str = "flowhouse_query_cache_load_seconds";
+pub const CACHE_REFRESH_FAILURES: &str = "flowhouse_query_cache_refresh_failures_total";
 pub const CACHE_WAITING: &str = "flowhouse_query_cache_waiting";
 pub const CACHE_BYTES: &str = "flowhouse_query_cache_bytes";
 pub const CLICKHOUSE_QUERIES: &str = "flowhouse_query_clickhouse_queries_total";
@@ -17,12 +18,17 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         CACHE_REQUESTS,
-        "Cacheable requests, by route and result (hit, miss, coalesced)."
+        "Cacheable requests, by route and result (hit; stale: served while a background load \
+         replaces it; miss; coalesced)."
+    );
+    describe_counter!(
+        CACHE_REFRESH_FAILURES,
+        "Background loads of stale answers that failed, by route (the stale answer expires)."
     );
     describe_histogram!(
         CACHE_LOAD_SECONDS,
         metrics::Unit::Seconds,
-        "Time to compute an answer on a cache miss, by route."
+        "Time to compute an answer (a miss, or a background load of a stale one), by route."
     );
     describe_gauge!(
         CACHE_WAITING,

@@ -4,7 +4,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::db::Sql;
 use crate::error::ApiError;
+use crate::zone::{Segments, Zone};
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 
@@ -62,6 +64,82 @@ impl Window {
         let from = ceil_to(self.since, hour);
         let to = floor_to(self.until, hour);
         (from < to).then_some((from, to))
+    }
+}
+
+/// The buckets of a window: the gap-filled axis and the SQL that puts a timestamp in one.
+///
+/// Hour buckets are UTC hours whatever the zone (an hour is an hour; the rollups are hourly).
+/// Day buckets are the zone's local days ([`crate::zone`]). A bucket is named by its key (the
+/// hour or local day number the SQL computes) and shown by its start.
+#[derive(Clone, Debug)]
+pub struct Axis {
+    pub bucket: Bucket,
+    /// The zone's offsets over the window; `None` for hour buckets.
+    days: Option<Segments>,
+    /// `(key, start)` of every bucket that starts in `[floor(since), until)`, in order.
+    pub buckets: Vec<(i64, i64)>,
+}
+
+impl Axis {
+    pub fn new(window: &Window, bucket: Bucket, zone: Zone) -> Self {
+        match bucket {
+            Bucket::Hour => Self {
+                bucket,
+                days: None,
+                buckets: window
+                    .bucket_starts(bucket)
+                    .into_iter()
+                    .map(|start| (start.div_euclid(bucket.micros()), start))
+                    .collect(),
+            },
+            Bucket::Day => {
+                let segments = Segments::of(zone, window.since, window.until);
+                let first = segments.day(window.since);
+                let last = segments.day(window.until - 1);
+                let buckets = (first..=last)
+                    .filter_map(|day| Some((day, segments.day_start(day)?)))
+                    .collect();
+                Self {
+                    bucket,
+                    days: Some(segments),
+                    buckets,
+                }
+            }
+        }
+    }
+
+    /// The SQL of the bucket key of `micros_expr` (a timestamp in microseconds).
+    pub fn key_sql(&self, sql: &mut Sql, micros_expr: &str) -> String {
+        match &self.days {
+            Some(segments) => segments.day_sql(sql, micros_expr),
+            None => {
+                let width = sql.bind_i64(self.bucket.micros());
+                format!("intDiv({micros_expr}, {width})")
+            }
+        }
+    }
+
+    /// The bucket key of `micros`, as [`Axis::key_sql`] computes it.
+    pub fn key(&self, micros: i64) -> i64 {
+        match &self.days {
+            Some(segments) => segments.day(micros),
+            None => micros.div_euclid(self.bucket.micros()),
+        }
+    }
+
+    /// The hours of `[from, to)` (whole hours, µs) that two buckets share: a local midnight at
+    /// a half hour (Asia/Kolkata) or a change of offset inside the hour. An hourly rollup row
+    /// cannot be split between buckets, so these hours are read from the raw rows. Their
+    /// numbers (start / 1 h).
+    pub fn split_hours(&self, from: i64, to: i64) -> Vec<i64> {
+        let hour = Bucket::Hour.micros();
+        if self.days.is_none() {
+            return Vec::new();
+        }
+        (from.div_euclid(hour)..to.div_euclid(hour))
+            .filter(|h| self.key(h * hour) != self.key(h * hour + hour - 1))
+            .collect()
     }
 }
 
@@ -129,14 +207,32 @@ pub fn latest() -> i64 {
 /// Resolves a dashboard window. The default is the 7 days that end with the current (open)
 /// bucket: aligned, so that every dashboard asking for "the past week" in the same bucket
 /// shares one cache entry.
+///
+/// With day buckets the default is the zone's 7 local days ending with today.
 pub fn resolve(
     since: Option<i64>,
     until: Option<i64>,
     bucket: Bucket,
+    zone: Zone,
     max_window_micros: i64,
 ) -> Result<Window, ApiError> {
-    let until = until.unwrap_or_else(|| floor_to(now_micros(), bucket.micros()) + bucket.micros());
-    let since = since.unwrap_or(until.saturating_sub(7 * 86_400 * MICROS_PER_SECOND));
+    let week = 7 * 86_400 * MICROS_PER_SECOND;
+    let (since, until) = match (since, until, bucket) {
+        (None, None, Bucket::Day) => {
+            let now = now_micros();
+            let days = Segments::of(zone, now - week, now);
+            let today = days.day(now);
+            match (days.day_start(today - 6), days.day_start(today + 1)) {
+                (Some(since), Some(until)) => (since, until),
+                _ => return Err(ApiError::Internal),
+            }
+        }
+        _ => {
+            let until =
+                until.unwrap_or_else(|| floor_to(now_micros(), bucket.micros()) + bucket.micros());
+            (since.unwrap_or(until.saturating_sub(week)), until)
+        }
+    };
     // Readable but out of bounds: 422, as every other semantic bound.
     if since >= until {
         return Err(ApiError::unprocessable("since must be before until"));

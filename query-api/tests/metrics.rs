@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::truth::{self, Filters};
+use common::truth::{self, Buckets, Filters};
 use common::workload::{DAY, HOSTILE, HOUR, SECOND, rfc3339};
 use common::{Harness, raw};
 use flowhouse_query_api::Settings;
@@ -32,22 +32,47 @@ fn u(v: &Value) -> u64 {
 }
 
 /// Checks a gap-filled axis: one entry per bucket starting in [floor(since), until).
-fn check_axis(series: &[Value], since: i64, until: i64, width: i64) {
+fn check_axis(series: &[Value], c: &Case) {
     let starts: Vec<i64> = series.iter().map(|b| micros(&b["start"])).collect();
-    let mut expected = Vec::new();
-    let mut s = since.div_euclid(width) * width;
-    while s < until {
-        expected.push(s);
-        s += width;
-    }
-    assert_eq!(starts, expected, "gap-filled bucket axis");
+    assert_eq!(
+        starts,
+        c.buckets.axis(c.since, c.until),
+        "gap-filled bucket axis, {:?}",
+        c.tz
+    );
 }
 
 struct Case {
     since: i64,
     until: i64,
     bucket: &'static str,
-    width: i64,
+    buckets: Buckets,
+    /// The `tz` parameter, when sent.
+    tz: Option<&'static str>,
+}
+
+impl Case {
+    fn utc(since: i64, until: i64, bucket: &'static str, width: i64) -> Self {
+        Self {
+            since,
+            until,
+            bucket,
+            buckets: Buckets::Width(width),
+            tz: None,
+        }
+    }
+
+    fn query(&self) -> Vec<(String, String)> {
+        let mut q = vec![
+            ("since".to_string(), rfc3339(self.since)),
+            ("until".to_string(), rfc3339(self.until)),
+            ("bucket".to_string(), self.bucket.to_string()),
+        ];
+        if let Some(tz) = self.tz {
+            q.push(("tz".into(), tz.into()));
+        }
+        q
+    }
 }
 
 #[tokio::test]
@@ -58,36 +83,110 @@ async fn every_metric_equals_ground_truth_and_a_raw_scan() {
     let base = h.base;
     let cases = [
         // Not aligned to hours at either end: rollup hours plus raw edges.
-        Case {
-            since: base + DAY + 17 * 60 * SECOND + 500_000,
-            until: base + 4 * DAY + 5 * HOUR + 43 * 60 * SECOND,
-            bucket: "hour",
-            width: HOUR,
-        },
+        Case::utc(
+            base + DAY + 17 * 60 * SECOND + 500_000,
+            base + 4 * DAY + 5 * HOUR + 43 * 60 * SECOND,
+            "hour",
+            HOUR,
+        ),
         // Aligned, day buckets, the whole data.
-        Case {
-            since: base,
-            until: base + 6 * DAY,
-            bucket: "day",
-            width: DAY,
-        },
+        Case::utc(base, base + 6 * DAY, "day", DAY),
         // Inside one hour: raw only.
-        Case {
-            since: base + 2 * DAY + 10 * HOUR + 5 * 60 * SECOND,
-            until: base + 2 * DAY + 10 * HOUR + 55 * 60 * SECOND,
-            bucket: "hour",
-            width: HOUR,
-        },
+        Case::utc(
+            base + 2 * DAY + 10 * HOUR + 5 * 60 * SECOND,
+            base + 2 * DAY + 10 * HOUR + 55 * 60 * SECOND,
+            "hour",
+            HOUR,
+        ),
         // Day buckets over a ragged window.
-        Case {
-            since: base + DAY / 3,
-            until: base + 5 * DAY + 7 * SECOND,
-            bucket: "day",
-            width: DAY,
-        },
+        Case::utc(base + DAY / 3, base + 5 * DAY + 7 * SECOND, "day", DAY),
     ];
+    check_cases(&h, &events, &cases).await;
+    h.finish().await;
+}
+
+/// Day buckets in a time zone: local days, 23 hours long on the day clocks go forward
+/// (Europe/Berlin, 2027-03-28), starting at half hours (Asia/Kolkata, where hourly rollup rows
+/// straddle two local days and are read raw); hour buckets stay UTC hours in any zone. The
+/// data is put in the spring of 2027 so that the window holds the change of clocks.
+#[tokio::test]
+async fn day_buckets_follow_the_time_zone() {
+    let mut h = Harness::start("qa_metrics_tz", 2, Settings::default()).await;
+    h.base = micros(&Value::from("2027-03-25T00:00:00Z"));
+    h.load(11, 120).await;
+    let events = truth::unique(&h.events);
+    let base = h.base;
+    let zone = |name: &'static str| name.parse::<chrono_tz::Tz>().unwrap();
+    let in_zone = |since, until, bucket, buckets, tz| Case {
+        since,
+        until,
+        bucket,
+        buckets,
+        tz: Some(tz),
+    };
+    let cases = [
+        // Local midnights around the shorter day, the window not aligned to either end.
+        in_zone(
+            base + 7 * HOUR + 13 * 60 * SECOND,
+            base + 5 * DAY + 2 * HOUR + 30 * 60 * SECOND,
+            "day",
+            Buckets::Days(zone("Europe/Berlin")),
+            "Europe/Berlin",
+        ),
+        // Half-hour local midnights, aligned to whole hours at both ends.
+        in_zone(
+            base,
+            base + 5 * DAY,
+            "day",
+            Buckets::Days(zone("Asia/Kolkata")),
+            "Asia/Kolkata",
+        ),
+        // Hours are hours in any zone.
+        in_zone(
+            base + DAY + 20 * 60 * SECOND,
+            base + 3 * DAY + 40 * 60 * SECOND,
+            "hour",
+            Buckets::Width(HOUR),
+            "Asia/Kolkata",
+        ),
+    ];
+    check_cases(&h, &events, &cases).await;
+    // One 23-hour bucket, as Berlin's clocks went forward.
+    let t = &h.tenants[0];
+    let body = h
+        .get_json(&t.key, &h.url(t.tenant, "metrics/logs"), &cases[0].query())
+        .await;
+    let starts: Vec<i64> = body["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| micros(&b["start"]))
+        .collect();
+    let lengths: Vec<i64> = starts.windows(2).map(|w| (w[1] - w[0]) / HOUR).collect();
+    assert!(
+        lengths.contains(&23) && lengths.iter().all(|&l| l == 23 || l == 24),
+        "{lengths:?}"
+    );
+    assert_eq!(body["window"]["tz"], "Europe/Berlin");
+    // An unknown zone is refused, naming the parameter.
+    let response = h
+        .get(
+            &t.key,
+            &h.url(t.tenant, "metrics/flow-runs"),
+            &common::q(&[("tz", "Europe/Atlantis")]),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let detail = response.json::<Value>().await.unwrap()["detail"].to_string();
+    assert!(detail.contains("tz: unknown time zone"), "{detail}");
+    h.finish().await;
+}
+
+/// Every metric of the first two tenants, for every case and a set of filters, against the
+/// ground truth; and the unfiltered cases against raw scans.
+async fn check_cases(h: &Harness, events: &[common::workload::Ev], cases: &[Case]) {
     for (ti, t) in h.tenants.iter().enumerate().take(2) {
-        let runs = truth::runs(&events, t.tenant, "flow-run");
+        let runs = truth::runs(events, t.tenant, "flow-run");
         let first = runs.values().next().unwrap();
         let hostile_flow = runs
             .values()
@@ -125,32 +224,30 @@ async fn every_metric_equals_ground_truth_and_a_raw_scan() {
                 ..Filters::default()
             },
         ];
-        for case in &cases {
+        for case in cases {
             for f in &filter_sets {
                 let mut query = f.query();
-                query.push(("since".into(), rfc3339(case.since)));
-                query.push(("until".into(), rfc3339(case.until)));
-                query.push(("bucket".into(), case.bucket.into()));
+                query.extend(case.query());
                 let ctx = format!(
-                    "tenant {ti}, window {}..{} {}, filters {f:?}",
+                    "tenant {ti}, window {}..{} {} {:?}, filters {f:?}",
                     rfc3339(case.since),
                     rfc3339(case.until),
-                    case.bucket
+                    case.bucket,
+                    case.tz
                 );
-                check_flow_runs(&h, ti, &runs, f, case, &query, &ctx).await;
-                check_late(&h, ti, &runs, f, case, &query, &ctx).await;
-                check_durations(&h, ti, &runs, f, case, &query, &ctx).await;
-                check_top_failing(&h, ti, &runs, f, case, &query, &ctx).await;
-                check_task_runs(&h, ti, &events, f, case, &query, &ctx).await;
-                check_logs(&h, ti, &runs, f, case, &query, &ctx).await;
+                check_flow_runs(h, ti, &runs, f, case, &query, &ctx).await;
+                check_late(h, ti, &runs, f, case, &query, &ctx).await;
+                check_durations(h, ti, &runs, f, case, &query, &ctx).await;
+                check_top_failing(h, ti, &runs, f, case, &query, &ctx).await;
+                check_task_runs(h, ti, events, f, case, &query, &ctx).await;
+                check_logs(h, ti, &runs, f, case, &query, &ctx).await;
             }
         }
         // (b) the raw scans, for the unfiltered windows.
-        for case in &cases {
-            check_raw_scans(&h, ti, &runs, &events, case).await;
+        for case in cases {
+            check_raw_scans(h, ti, &runs, events, case).await;
         }
     }
-    h.finish().await;
 }
 
 async fn check_flow_runs(
@@ -166,7 +263,7 @@ async fn check_flow_runs(
     let body = h
         .get_json(&t.key, &h.url(t.tenant, "metrics/flow-runs"), query)
         .await;
-    let (totals, series) = truth::by_final_state(runs, f, c.since, c.until, c.width);
+    let (totals, series) = truth::by_final_state(runs, f, c.since, c.until, &c.buckets);
     let got: BTreeMap<(String, String), u64> = body["by_state"]
         .as_array()
         .unwrap()
@@ -197,7 +294,7 @@ async fn check_flow_runs(
         body["failure_rate"]
     );
     let s = body["series"].as_array().unwrap();
-    check_axis(s, c.since, c.until, c.width);
+    check_axis(s, c);
     for b in s {
         let got: BTreeMap<(String, String), u64> = b["by_state"]
             .as_array()
@@ -238,14 +335,14 @@ async fn check_late(
     let body = h
         .get_json(&t.key, &h.url(t.tenant, "metrics/late-runs"), query)
         .await;
-    let series = truth::late(runs, f, c.since, c.until, c.width);
+    let series = truth::late(runs, f, c.since, c.until, &c.buckets);
     assert_eq!(
         u(&body["late_runs"]),
         series.values().sum::<u64>(),
         "late runs, {ctx}"
     );
     let s = body["series"].as_array().unwrap();
-    check_axis(s, c.since, c.until, c.width);
+    check_axis(s, c);
     for b in s {
         assert_eq!(
             u(&b["count"]),
@@ -319,11 +416,13 @@ async fn check_top_failing(
             .unwrap()
             .iter()
             .map(|i| {
-                (
-                    i["id"].as_str().unwrap().into(),
-                    i["name"].as_str().unwrap().into(),
-                    u(&i["failures"]),
-                )
+                let name = i["name"].as_str().unwrap();
+                let name = match i["flow_name"].as_str() {
+                    Some(flow) => format!("{flow} / {name}"),
+                    None => name.to_string(),
+                };
+                assert_eq!(i.get("flow_name").is_some(), by == "deployment", "{i}");
+                (i["id"].as_str().unwrap().into(), name, u(&i["failures"]))
             })
             .collect();
         assert_eq!(
@@ -347,7 +446,7 @@ async fn check_task_runs(
     let body = h
         .get_json(&t.key, &h.url(t.tenant, "metrics/task-runs"), query)
         .await;
-    let (totals, series) = truth::task_runs(events, t.tenant, f, c.since, c.until, c.width);
+    let (totals, series) = truth::task_runs(events, t.tenant, f, c.since, c.until, &c.buckets);
     let types = |v: &Value| -> BTreeMap<String, u64> {
         v.as_array()
             .unwrap()
@@ -364,7 +463,7 @@ async fn check_task_runs(
     assert_eq!(u(&body["failures"]), failures, "{ctx}");
     assert_eq!(body["from_raw_events"], !f.tag.is_empty());
     let s = body["series"].as_array().unwrap();
-    check_axis(s, c.since, c.until, c.width);
+    check_axis(s, c);
     for b in s {
         assert_eq!(
             types(&b["by_state_type"]),
@@ -396,7 +495,7 @@ async fn check_logs(
         || !f.work_pool.is_empty()
         || !f.tag.is_empty();
     let (totals, series) = truth::log_levels(
-        &h.logs, runs, t.tenant, f, filtered, c.since, c.until, c.width,
+        &h.logs, runs, t.tenant, f, filtered, c.since, c.until, &c.buckets,
     );
     let levels = |v: &Value| -> BTreeMap<u8, u64> {
         v.as_array()
@@ -408,7 +507,7 @@ async fn check_logs(
     assert_eq!(levels(&body["by_level"]), totals, "log levels, {ctx}");
     assert_eq!(u(&body["total"]), totals.values().sum::<u64>());
     let s = body["series"].as_array().unwrap();
-    check_axis(s, c.since, c.until, c.width);
+    check_axis(s, c);
     for b in s {
         assert_eq!(
             levels(&b["by_level"]),
@@ -431,11 +530,7 @@ async fn check_raw_scans(
 ) {
     let t = &h.tenants[ti];
     let f = Filters::default();
-    let q = vec![
-        ("since".to_string(), rfc3339(c.since)),
-        ("until".to_string(), rfc3339(c.until)),
-        ("bucket".to_string(), c.bucket.to_string()),
-    ];
+    let q = c.query();
     let ctx = format!(
         "raw scan, tenant {ti}, {}..{}",
         rfc3339(c.since),
@@ -560,7 +655,7 @@ async fn check_raw_scans(
     assert_eq!(got, scan, "task runs, {ctx}");
     assert_eq!(
         scan,
-        truth::task_runs(events, t.tenant, &f, c.since, c.until, c.width).0,
+        truth::task_runs(events, t.tenant, &f, c.since, c.until, &c.buckets).0,
         "{ctx}"
     );
 

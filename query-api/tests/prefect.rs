@@ -968,16 +968,18 @@ async fn caching_headers_bad_requests_and_openapi() {
             "{p} in openapi.json"
         );
     }
+    // The admin routes answer on the admin listener only, never on the public API.
     for admin in ["healthz", "readyz", "metrics"] {
+        let status = |base: &str| {
+            let request = h.http.get(format!("{base}/{admin}")).send();
+            async move { request.await.unwrap().status() }
+        };
         assert_eq!(
-            h.http
-                .get(format!("{}/{admin}", h.base_url))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
+            status(&h.admin_url).await,
+            200,
+            "{admin} on the admin listener"
         );
+        assert_eq!(status(&h.base_url).await, 404, "{admin} on the public API");
     }
     h.finish().await;
 }

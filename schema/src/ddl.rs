@@ -3,13 +3,22 @@
 //!
 //! ## Layout
 //! - `events`, `logs`: raw data. `ORDER BY` leads with the tenant, then time, so a tenant's week is
-//!   one contiguous range of the primary index.
+//!   one contiguous range of the primary index; then the event's or line's id, on which both
+//!   collapse what was stored twice (ReplacingMergeTree, read with `FINAL`).
 //! - `flow_runs`: one row per flow run (AggregatingMergeTree): names, flow / deployment / work
 //!   pool, tags, expected start, first Running, last terminal state and its time.
 //! - `flow_run_states_hourly`, `task_run_states_hourly`: per tenant, hour, state, flow, deployment
 //!   and work pool, the exact set of runs that entered the state (`uniqExact`).
-//! - `log_counts_hourly`: log lines per tenant, hour, level and flow run.
-//! - `ingest_batches` (where each Kafka partition resumes), `schema_migrations`: bookkeeping.
+//! - `log_counts_hourly`: the distinct log lines (by id) per tenant, hour, level and flow run.
+//! - `ingest_batches` (where each Kafka partition resumes), `mirror_checkpoints` (where each
+//!   `flowhouse mirror` resumes), `schema_migrations`: bookkeeping.
+//!
+//! ## Revisions
+//! Each migration that changes a table or a view defines it anew in its own module (`v1` is what
+//! migration 1 created, frozen, `v2` what migration 2 rebuilt, ...); [`TABLES`] and [`VIEWS`] are
+//! the latest definitions. A table's `revision` is the migration that defined it: from revision 2
+//! on it is rendered with `COMMENT 'flowhouse revision N'` (how `migrate` tells a rebuilt table
+//! from its predecessor) and, on a cluster, a Keeper path of its own.
 //!
 //! Every rollup is a materialized view over the raw tables, and every aggregate in them is
 //! idempotent (min, max, argMax, set union) or deduplicated with its source block, so a replayed
@@ -66,319 +75,107 @@ pub(crate) struct Table {
     pub shard_key: &'static str,
     /// Bookkeeping tables: one full copy on every node instead of shards.
     pub everywhere: bool,
+    /// The migration that defined this table (see "Revisions" above).
+    pub revision: u32,
 }
 
-/// A materialized view: `$source` (the raw table it reads) and `$db` are substituted.
+/// A materialized view: `$source` (the raw table it reads) and `$db` are substituted, and
+/// `$flow_run_events` / `$run_events` by `events` (a subquery over the run's state events, `$kind`
+/// the run kind) followed by `events_filter`.
 pub(crate) struct View {
     pub name: &'static str,
     pub target: &'static str,
     pub source: &'static str,
+    pub events: &'static str,
+    pub events_filter: &'static str,
     pub select: &'static str,
 }
 
-pub(crate) const EVENTS: Table = Table {
-    name: "events",
-    columns: "
-    account_id UUID,
-    workspace_id UUID,
-    occurred DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
-    id UUID,
-    received DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
-    event LowCardinality(String),
-    resource Map(LowCardinality(String), String) CODEC(ZSTD(1)),
-    related Array(Map(LowCardinality(String), String)) CODEC(ZSTD(1)),
-    payload String CODEC(ZSTD(3)),
-    follows Nullable(UUID),
-    resource_id String MATERIALIZED resource['prefect.resource.id'] CODEC(ZSTD(1)),
-    related_ids Array(String) MATERIALIZED arrayMap(r -> r['prefect.resource.id'], related) CODEC(ZSTD(1)),
-    related_roles Array(LowCardinality(String)) MATERIALIZED arrayMap(r -> r['prefect.resource.role'], related),
-    INDEX idx_event event TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_resource_id resource_id TYPE bloom_filter(0.001) GRANULARITY 1,
-    INDEX idx_related_ids related_ids TYPE bloom_filter(0.01) GRANULARITY 1
-",
-    // Replacing on (tenant, occurred, id): an event a client sent twice is stored once after
-    // merges, and search reads with FINAL.
-    engine: "ReplacingMergeTree",
-    engine_args: "",
-    partition_by: Some("toDate(occurred)"),
-    order_by: "account_id, workspace_id, occurred, id",
-    ttl: Some("toDateTime(occurred) + toIntervalDay($retention)"),
-    settings: "ttl_only_drop_parts = 1",
-    shard_key: "cityHash64(workspace_id)",
-    everywhere: false,
-};
+mod v1;
+mod v2;
+mod v3;
 
-pub(crate) const LOGS: Table = Table {
-    name: "logs",
-    columns: "
-    account_id UUID,
-    workspace_id UUID,
-    timestamp DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
-    received DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
-    level UInt8,
-    name LowCardinality(String),
-    message String CODEC(ZSTD(3)),
-    flow_run_id Nullable(UUID),
-    task_run_id Nullable(UUID),
-    worker_id Nullable(UUID),
-    INDEX idx_flow_run_id flow_run_id TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_message_tokens message TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1
-",
-    engine: "MergeTree",
-    engine_args: "",
-    partition_by: Some("toDate(timestamp)"),
-    order_by: "account_id, workspace_id, timestamp",
-    ttl: Some("toDateTime(timestamp) + toIntervalDay($retention)"),
-    settings: "ttl_only_drop_parts = 1",
-    shard_key: "cityHash64(workspace_id)",
-    everywhere: false,
-};
+pub(crate) use v2::LOG_COLUMNS;
+pub use v2::log_id_sql;
 
-pub(crate) const FLOW_RUNS: Table = Table {
-    name: "flow_runs",
-    columns: "
-    account_id UUID,
-    workspace_id UUID,
-    flow_run_id String,
-    flow_run_name SimpleAggregateFunction(max, String),
-    flow_id SimpleAggregateFunction(max, String),
-    flow_name SimpleAggregateFunction(max, String),
-    deployment_id SimpleAggregateFunction(max, String),
-    deployment_name SimpleAggregateFunction(max, String),
-    work_pool_id SimpleAggregateFunction(max, String),
-    work_pool_name SimpleAggregateFunction(max, String),
-    tags SimpleAggregateFunction(groupUniqArrayArray, Array(String)),
-    expected_start SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC'))),
-    first_seen SimpleAggregateFunction(min, DateTime64(6, 'UTC')),
-    last_seen SimpleAggregateFunction(max, DateTime64(6, 'UTC')),
-    late_at SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC'))),
-    start_time SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC'))),
-    end_time SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC'))),
-    final_state AggregateFunction(argMaxIf, String, DateTime64(6, 'UTC'), UInt8),
-    final_state_type AggregateFunction(argMaxIf, String, DateTime64(6, 'UTC'), UInt8),
-    last_state AggregateFunction(argMax, String, DateTime64(6, 'UTC'))
-",
-    engine: "AggregatingMergeTree",
-    engine_args: "",
-    partition_by: None,
-    order_by: "account_id, workspace_id, flow_run_id",
-    ttl: Some("toDateTime(last_seen) + toIntervalDay($retention)"),
-    settings: "",
-    shard_key: "cityHash64(workspace_id)",
-    everywhere: false,
-};
+/// The latest definition of every table, in creation order.
+pub(crate) const TABLES: &[&Table] = &[
+    &SCHEMA_MIGRATIONS,
+    &v1::INGEST_BATCHES,
+    &v1::EVENTS,
+    &v2::LOGS,
+    &v2::FLOW_RUNS,
+    &v2::FLOW_RUN_STATES_HOURLY,
+    &v1::TASK_RUN_STATES_HOURLY,
+    &v2::LOG_COUNTS_HOURLY,
+    &v3::MIRROR_CHECKPOINTS,
+];
 
-const STATES_HOURLY_COLUMNS: &str = "
-    account_id UUID,
-    workspace_id UUID,
-    hour DateTime('UTC'),
-    state_type LowCardinality(String),
-    state_name LowCardinality(String),
-    flow_id String,
-    deployment_id String,
-    work_pool_id String,
-    runs AggregateFunction(uniqExact, String)
-";
-const STATES_HOURLY_ORDER: &str =
-    "account_id, workspace_id, hour, state_type, state_name, flow_id, deployment_id, work_pool_id";
+/// The latest definition of every view.
+pub(crate) const VIEWS: &[&View] = &[
+    &v2::FLOW_RUNS_MV,
+    &v2::FLOW_RUN_STATES_HOURLY_MV,
+    &v1::TASK_RUN_STATES_HOURLY_MV,
+    &v2::LOG_COUNTS_HOURLY_MV,
+];
 
-pub(crate) const FLOW_RUN_STATES_HOURLY: Table = Table {
-    name: "flow_run_states_hourly",
-    columns: STATES_HOURLY_COLUMNS,
-    engine: "AggregatingMergeTree",
-    engine_args: "",
-    partition_by: Some("toYYYYMM(hour)"),
-    order_by: STATES_HOURLY_ORDER,
-    ttl: Some("hour + toIntervalDay($retention)"),
-    settings: "",
-    shard_key: "cityHash64(workspace_id)",
-    everywhere: false,
-};
+pub(crate) use v1::SCHEMA_MIGRATIONS;
 
-pub(crate) const TASK_RUN_STATES_HOURLY: Table = Table {
-    name: "task_run_states_hourly",
-    ..FLOW_RUN_STATES_HOURLY
-};
-
-pub(crate) const LOG_COUNTS_HOURLY: Table = Table {
-    name: "log_counts_hourly",
-    columns: "
-    account_id UUID,
-    workspace_id UUID,
-    hour DateTime('UTC'),
-    level UInt8,
-    flow_run_id UUID,
-    logs SimpleAggregateFunction(sum, UInt64)
-",
-    engine: "AggregatingMergeTree",
-    engine_args: "",
-    partition_by: Some("toYYYYMM(hour)"),
-    order_by: "account_id, workspace_id, hour, level, flow_run_id",
-    ttl: Some("hour + toIntervalDay($retention)"),
-    settings: "",
-    shard_key: "cityHash64(workspace_id)",
-    everywhere: false,
-};
-
-/// One row per (consumer group, topic, partition): the latest batch range the ingest service
-/// recorded, i.e. where that partition resumes (see the ingest crate's `exactly_once`). Never
-/// expires: losing it would mean re-reading the partition from its earliest offset.
-pub(crate) const INGEST_BATCHES: Table = Table {
-    name: "ingest_batches",
-    columns: "
-    consumer_group String,
-    topic String,
-    partition Int32,
-    first_offset Int64,
-    last_offset Int64,
-    rows UInt64,
-    recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)
-",
-    engine: "ReplacingMergeTree",
-    // The highest range wins, whatever order records arrive in.
-    engine_args: "last_offset",
-    partition_by: None,
-    order_by: "consumer_group, topic, partition",
-    ttl: None,
-    settings: "",
-    shard_key: "",
-    everywhere: true,
-};
-
-pub(crate) const SCHEMA_MIGRATIONS: Table = Table {
-    name: "schema_migrations",
-    columns: "
-    version UInt32,
-    name String,
-    checksum String,
-    applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
-",
-    engine: "ReplacingMergeTree",
-    engine_args: "applied_at",
-    partition_by: None,
-    order_by: "version",
-    ttl: None,
-    settings: "",
-    shard_key: "",
-    everywhere: true,
-};
-
-/// One row per state-change event of a run, with what the rollups need pulled out of the labels.
-/// `$kind` is `flow-run` or `task-run` (both prefixes are 17 characters long).
-const RUN_STATE_EVENTS: &str = "
-    SELECT
-        account_id,
-        workspace_id,
-        occurred,
-        substring(resource_id, 18) AS run_id,
-        resource['prefect.resource.name'] AS run_name,
-        substring(event, 18) AS state_name,
-        if(resource['prefect.state-type'] != '', resource['prefect.state-type'], upper(state_name)) AS state_type,
-        toUInt8(state_type IN ('COMPLETED', 'FAILED', 'CRASHED', 'CANCELLED')) AS terminal,
-        arrayFirst(r -> r['prefect.resource.role'] = 'flow', related) AS flow,
-        arrayFirst(r -> r['prefect.resource.role'] = 'deployment', related) AS deployment,
-        arrayFirst(r -> r['prefect.resource.role'] = 'work-pool', related) AS work_pool,
-        replaceOne(flow['prefect.resource.id'], 'prefect.flow.', '') AS flow_id,
-        replaceOne(deployment['prefect.resource.id'], 'prefect.deployment.', '') AS deployment_id,
-        replaceOne(work_pool['prefect.resource.id'], 'prefect.work-pool.', '') AS work_pool_id,
-        arrayMap(r -> replaceOne(r['prefect.resource.id'], 'prefect.tag.', ''),
-                 arrayFilter(r -> r['prefect.resource.role'] = 'tag', related)) AS tags,
-        if(state_type = 'SCHEDULED',
-           parseDateTime64BestEffortOrNull(
-               JSONExtractString(payload, 'validated_state', 'state_details', 'scheduled_time'), 6, 'UTC'),
-           NULL) AS expected
-    FROM $source
-    WHERE startsWith(event, 'prefect.$kind.') AND startsWith(resource_id, 'prefect.$kind.')";
-
-pub(crate) const FLOW_RUNS_MV: View = View {
-    name: "flow_runs_mv",
-    target: "flow_runs",
-    source: "events",
-    select: "SELECT
-    account_id,
-    workspace_id,
-    run_id AS flow_run_id,
-    max(run_name) AS flow_run_name,
-    max(flow_id) AS flow_id,
-    max(flow['prefect.resource.name']) AS flow_name,
-    max(deployment_id) AS deployment_id,
-    max(deployment['prefect.resource.name']) AS deployment_name,
-    max(work_pool_id) AS work_pool_id,
-    max(work_pool['prefect.resource.name']) AS work_pool_name,
-    groupUniqArrayArray(tags) AS tags,
-    min(expected) AS expected_start,
-    min(occurred) AS first_seen,
-    max(occurred) AS last_seen,
-    min(if(state_name = 'Late', occurred, NULL)) AS late_at,
-    min(if(state_type = 'RUNNING', occurred, NULL)) AS start_time,
-    max(if(terminal = 1, occurred, NULL)) AS end_time,
-    argMaxIfState(state_name, occurred, terminal) AS final_state,
-    argMaxIfState(state_type, occurred, terminal) AS final_state_type,
-    argMaxState(state_name, occurred) AS last_state
-FROM ($flow_run_events)
-GROUP BY account_id, workspace_id, flow_run_id",
-};
-
-const STATES_HOURLY_SELECT: &str = "SELECT
-    account_id,
-    workspace_id,
-    toStartOfHour(occurred) AS hour,
-    state_type,
-    state_name,
-    flow_id,
-    deployment_id,
-    work_pool_id,
-    uniqExactState(run_id) AS runs
-FROM ($run_events)
-GROUP BY account_id, workspace_id, hour, state_type, state_name, flow_id, deployment_id, work_pool_id";
-
-pub(crate) const FLOW_RUN_STATES_HOURLY_MV: View = View {
-    name: "flow_run_states_hourly_mv",
-    target: "flow_run_states_hourly",
-    source: "events",
-    select: STATES_HOURLY_SELECT,
-};
-
-pub(crate) const TASK_RUN_STATES_HOURLY_MV: View = View {
-    name: "task_run_states_hourly_mv",
-    target: "task_run_states_hourly",
-    source: "events",
-    select: STATES_HOURLY_SELECT,
-};
-
-pub(crate) const LOG_COUNTS_HOURLY_MV: View = View {
-    name: "log_counts_hourly_mv",
-    target: "log_counts_hourly",
-    source: "logs",
-    select: "SELECT
-    account_id,
-    workspace_id,
-    toStartOfHour(timestamp) AS hour,
-    level,
-    ifNull(flow_run_id, toUUID('00000000-0000-0000-0000-000000000000')) AS flow_run_id,
-    count() AS logs
-FROM $source
-GROUP BY account_id, workspace_id, hour, level, flow_run_id",
-};
+/// What each migration creates or rebuilds, for `migrate`.
+pub(crate) mod revisions {
+    pub(crate) use super::v1::{TABLES as V1_TABLES, VIEWS as V1_VIEWS};
+    pub(crate) use super::v2::{
+        ADD_LAST_STATE_TYPE, FLOW_RUN_STATES_HOURLY, FLOW_RUN_STATES_HOURLY_MV, FLOW_RUNS,
+        FLOW_RUNS_MV, LOG_COUNTS_HOURLY, LOG_COUNTS_HOURLY_MV, LOGS,
+    };
+    pub(crate) use super::v3::MIRROR_CHECKPOINTS;
+}
 
 impl SchemaConfig {
-    fn on_cluster(&self) -> String {
+    pub(crate) fn on_cluster(&self) -> String {
         match &self.topology {
             Topology::SingleNode => String::new(),
             Topology::Cluster(name) => format!(" ON CLUSTER '{name}'"),
         }
     }
 
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster(_))
+    }
+
     fn substitute(&self, sql: &str) -> String {
         sql.replace("$db", &self.database)
             .replace("$retention", &self.retention_days.to_string())
+            .replace("$log_id", &log_id_sql())
     }
 
     /// The physical table a name refers to on one node: `name_local` on a cluster.
     pub(crate) fn local_name(&self, table: &Table) -> String {
+        self.local_name_with(table, "")
+    }
+
+    /// [`Self::local_name`] with `suffix` (a table being rebuilt: `flow_runs__next`).
+    pub(crate) fn local_name_with(&self, table: &Table, suffix: &str) -> String {
         match (&self.topology, table.everywhere) {
-            (Topology::Cluster(_), false) => format!("{}_local", table.name),
-            _ => table.name.to_string(),
+            (Topology::Cluster(_), false) => format!("{}_local{suffix}", table.name),
+            _ => format!("{}{suffix}", table.name),
+        }
+    }
+
+    /// The name queries and inserts use: the Distributed table on a cluster, else the table.
+    pub(crate) fn query_name_with(&self, table: &Table, suffix: &str) -> String {
+        format!("{}{suffix}", table.name)
+    }
+
+    /// Every name a table has on this topology: its local table, and the Distributed table in
+    /// front of it on a cluster.
+    pub(crate) fn names_with(&self, table: &Table, suffix: &str) -> Vec<String> {
+        let local = self.local_name_with(table, suffix);
+        let query = self.query_name_with(table, suffix);
+        if local == query {
+            vec![local]
+        } else {
+            vec![local, query]
         }
     }
 
@@ -393,8 +190,13 @@ impl SchemaConfig {
     /// `CREATE TABLE` statements for one table: the table itself on a single node; the
     /// replicated local table and the Distributed table in front of it on a cluster.
     pub(crate) fn create_table(&self, table: &Table) -> Vec<String> {
+        self.create_table_with(table, "")
+    }
+
+    /// [`Self::create_table`] under the names with `suffix`.
+    pub(crate) fn create_table_with(&self, table: &Table, suffix: &str) -> Vec<String> {
         let db = &self.database;
-        let local = self.local_name(table);
+        let local = self.local_name_with(table, suffix);
         let mut engine = table.engine.to_string();
         let mut args: Vec<String> = Vec::new();
         let dedup = match &self.topology {
@@ -402,7 +204,16 @@ impl SchemaConfig {
             Topology::Cluster(_) => {
                 let shard = if table.everywhere { "all" } else { "{shard}" };
                 engine = format!("Replicated{engine}");
-                args.push(format!("'/clickhouse/tables/{shard}/{db}/{}'", table.name));
+                // Keeper keeps a table's path whatever it is renamed to: each revision has its
+                // own, so a rebuilt table never meets its predecessor's replicas.
+                let revision = match table.revision {
+                    1 => String::new(),
+                    n => format!("_r{n}"),
+                };
+                args.push(format!(
+                    "'/clickhouse/tables/{shard}/{db}/{}{revision}'",
+                    table.name
+                ));
                 args.push("'{replica}'".into());
                 format!("replicated_deduplication_window = {DEDUP_WINDOW}")
             }
@@ -413,7 +224,7 @@ impl SchemaConfig {
         let mut sql = format!(
             "CREATE TABLE IF NOT EXISTS {db}.{local}{} ({})\nENGINE = {engine}({})",
             self.on_cluster(),
-            table.columns.trim_end(),
+            self.substitute(table.columns.trim_end()),
             args.join(", ")
         );
         if let Some(partition) = table.partition_by {
@@ -428,6 +239,9 @@ impl SchemaConfig {
             .filter(|s| !s.is_empty())
             .collect();
         sql += &format!("\nSETTINGS {}", settings.join(", "));
+        if let Some(comment) = revision_comment(table) {
+            sql += &format!("\nCOMMENT '{comment}'");
+        }
 
         let mut statements = vec![sql];
         if let Topology::Cluster(cluster) = &self.topology
@@ -436,7 +250,7 @@ impl SchemaConfig {
             statements.push(format!(
                 "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local}\n\
                  ENGINE = Distributed('{cluster}', '{db}', '{local}', {key})",
-                name = table.name,
+                name = self.query_name_with(table, suffix),
                 on = self.on_cluster(),
                 key = table.shard_key,
             ));
@@ -447,28 +261,49 @@ impl SchemaConfig {
     /// A materialized view reading the node's local raw table and writing its local rollup, so
     /// that each shard aggregates its own tenants.
     pub(crate) fn create_view(&self, view: &View) -> String {
+        let target = self.local_name(table_by_name(view.target));
+        self.create_view_into(view, view.name, &target)
+    }
+
+    /// `view`'s definition under the name `name`, writing into the local table `target`.
+    pub(crate) fn create_view_into(&self, view: &View, name: &str, target: &str) -> String {
         let db = &self.database;
-        let source_table = table_by_name(view.source);
-        let target_table = table_by_name(view.target);
-        let source = format!("{db}.{}", self.local_name(source_table));
+        let source = self.local_name(table_by_name(view.source));
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}{} TO {db}.{target}\nAS {}",
+            self.on_cluster(),
+            self.view_select(view, &source)
+        )
+    }
+
+    /// Points the existing view `view.name` at `view`'s select (its target stays).
+    pub(crate) fn modify_view_query(&self, view: &View) -> String {
+        let db = &self.database;
+        let source = self.local_name(table_by_name(view.source));
+        format!(
+            "ALTER TABLE {db}.{}{} MODIFY QUERY\n{}",
+            view.name,
+            self.on_cluster(),
+            self.view_select(view, &source)
+        )
+    }
+
+    /// The view's SELECT reading `source` (a table name in the database).
+    pub(crate) fn view_select(&self, view: &View, source: &str) -> String {
         let kind = if view.target.starts_with("task_run") {
             "task-run"
         } else {
             "flow-run"
         };
-        let run_events = RUN_STATE_EVENTS.replace("$kind", kind);
-        let select = view
-            .select
+        let run_events = format!(
+            "{}{}",
+            view.events.replace("$kind", kind),
+            view.events_filter
+        );
+        view.select
             .replace("$flow_run_events", &run_events)
             .replace("$run_events", &run_events)
-            .replace("$source", &source);
-        format!(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{}{} TO {db}.{}\nAS {}",
-            view.name,
-            self.on_cluster(),
-            self.local_name(target_table),
-            select
-        )
+            .replace("$source", &format!("{}.{source}", self.database))
     }
 
     /// The TTL expression a table should have, for reconciling retention.
@@ -477,25 +312,24 @@ impl SchemaConfig {
     }
 }
 
-pub(crate) const TABLES: &[&Table] = &[
-    &SCHEMA_MIGRATIONS,
-    &INGEST_BATCHES,
-    &EVENTS,
-    &LOGS,
-    &FLOW_RUNS,
-    &FLOW_RUN_STATES_HOURLY,
-    &TASK_RUN_STATES_HOURLY,
-    &LOG_COUNTS_HOURLY,
-];
+/// The comment marking a table's revision (none for revision 1, whose tables have none).
+pub(crate) fn revision_comment(table: &Table) -> Option<String> {
+    (table.revision > 1).then(|| format!("flowhouse revision {}", table.revision))
+}
 
-pub(crate) const VIEWS: &[&View] = &[
-    &FLOW_RUNS_MV,
-    &FLOW_RUN_STATES_HOURLY_MV,
-    &TASK_RUN_STATES_HOURLY_MV,
-    &LOG_COUNTS_HOURLY_MV,
-];
+/// The names of every table and view of the latest schema on one node (what a migrated
+/// database holds, nothing more).
+pub fn schema_objects(config: &SchemaConfig) -> Vec<String> {
+    let mut names = Vec::new();
+    for table in TABLES {
+        names.extend(config.names_with(table, ""));
+    }
+    names.extend(VIEWS.iter().map(|view| view.name.to_string()));
+    names.sort();
+    names
+}
 
-fn table_by_name(name: &str) -> &'static Table {
+pub(crate) fn table_by_name(name: &str) -> &'static Table {
     TABLES
         .iter()
         .find(|table| table.name == name)

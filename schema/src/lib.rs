@@ -6,8 +6,10 @@
 //! - [`stream`]: events or log lines, with their topic and table;
 //! - [`decode`]: one Kafka message to one row, or the reason it is dead-lettered;
 //! - [`rows`]: the ClickHouse rows of the raw tables;
-//! - [`ddl`] and [`migrate`]: the ClickHouse schema, its rollups, and versioned migrations.
+//! - [`ddl`] and [`migrate`]: the ClickHouse schema, its rollups, and versioned migrations;
+//! - [`access`]: the query API's read-only role and the tenant row policies.
 
+pub mod access;
 pub mod contract;
 pub mod ddl;
 pub mod decode;

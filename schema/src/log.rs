@@ -8,9 +8,15 @@ use crate::event::{Limits, check_timestamp};
 use crate::text::CowStr;
 use crate::validate::{Problem, Rejection, Shape, describe_failure};
 
-/// One log line as Prefect sends it.
+/// One log line as Prefect sends it (`LogCreate`), or as Prefect reads it back (`Log`, which
+/// also has its `id`; `created` and `updated` are ignored).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Log<'a> {
+    /// Prefect's id of a line read back from a Prefect server (the mirror sends it): the line's
+    /// identity, so that a replayed line is stored once. Without one, Flowhouse derives it from
+    /// the line's content (`rows::log_content_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
     #[serde(borrow)]
     pub name: CowStr<'a>,
     pub level: i64,
@@ -33,6 +39,7 @@ pub const MAX_LOG_BYTES: usize = 1_000_000;
 pub const MAX_NAME_CHARS: usize = 1024;
 
 const FIELDS: &[(&str, Shape, bool)] = &[
+    ("id", Shape::OptionalUuid, false),
     ("name", Shape::String, true),
     ("level", Shape::Integer, true),
     ("message", Shape::String, true),

@@ -1,14 +1,16 @@
 //! Versioned migrations, recorded in the database.
 //!
-//! Every statement is idempotent (`IF NOT EXISTS`), so running `migrate` again, or two processes
-//! running it at once (two replicas of a service starting together), is safe: both apply the same
-//! statements, a statement that loses a creation race to the other process is treated as done,
-//! and both record the same version (`schema_migrations` is a ReplacingMergeTree on `version`).
-//! A recorded migration whose definition has since changed is an error: schema changes are new
-//! migrations, never edits.
+//! A migration is a list of steps: idempotent statements (`IF NOT EXISTS`), and rebuilds of a
+//! table under its own name for what ClickHouse cannot ALTER (see [`rebuild`]). Running
+//! `migrate` again is safe; two processes running it at once take turns (see [`lock`]): the
+//! second finds the migrations recorded and does nothing. A recorded migration whose definition
+//! has since changed is an error: schema changes are new migrations, never edits.
 //!
 //! Retention is configuration, not schema: after the migrations, `migrate` sets the TTL of every
 //! retained table to the configured number of days if it differs (without rewriting old parts).
+
+pub mod lock;
+pub mod rebuild;
 
 use anyhow::{Context as _, bail};
 use clickhouse::{Client, Row};
@@ -16,19 +18,46 @@ use flowhouse_service::clickhouse::ClickHouseArgs;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ddl::{self, SchemaConfig, Topology};
+use crate::access;
+use crate::ddl::{self, SchemaConfig, Topology, revisions};
+pub use rebuild::Rebuild;
 
-/// One schema version: everything its statements create.
+/// One step of a migration.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// An idempotent statement.
+    Sql(String),
+    /// A table rebuilt under its own name.
+    Rebuild(Rebuild),
+}
+
+impl Step {
+    pub fn statements(&self) -> Vec<String> {
+        match self {
+            Step::Sql(statement) => vec![statement.clone()],
+            Step::Rebuild(rebuild) => rebuild.statements(),
+        }
+    }
+}
+
+/// One schema version: what its steps create or change.
 pub struct Migration {
     pub version: u32,
     pub name: &'static str,
-    statements: fn(&SchemaConfig) -> Vec<String>,
+    steps: fn(&SchemaConfig) -> Vec<Step>,
 }
 
 impl Migration {
-    /// The statements, rendered for `config`.
+    pub fn steps(&self, config: &SchemaConfig) -> Vec<Step> {
+        (self.steps)(config)
+    }
+
+    /// Every statement, rendered for `config`.
     pub fn statements(&self, config: &SchemaConfig) -> Vec<String> {
-        (self.statements)(config)
+        self.steps(config)
+            .iter()
+            .flat_map(Step::statements)
+            .collect()
     }
 
     /// Identifies the definition independently of configuration (database, cluster, retention),
@@ -50,20 +79,80 @@ impl Migration {
 
 /// Every migration, in order.
 pub fn migrations() -> &'static [Migration] {
-    &[Migration {
-        version: 1,
-        name: "events, logs and their rollups",
-        statements: |config| {
-            let mut statements = Vec::new();
-            for table in ddl::TABLES {
-                statements.extend(config.create_table(table));
-            }
-            for view in ddl::VIEWS {
-                statements.push(config.create_view(view));
-            }
-            statements
+    &[
+        Migration {
+            version: 1,
+            name: "events, logs and their rollups",
+            steps: |config| {
+                let mut steps = Vec::new();
+                for table in revisions::V1_TABLES {
+                    steps.extend(config.create_table(table).into_iter().map(Step::Sql));
+                }
+                for view in revisions::V1_VIEWS {
+                    steps.push(Step::Sql(config.create_view(view)));
+                }
+                steps
+            },
         },
-    }]
+        Migration {
+            version: 2,
+            name: "stable log ids, log volume by distinct line, heartbeats are not states",
+            steps: |config| {
+                let add_id = format!(
+                    "ALTER TABLE $table$on_cluster ADD COLUMN IF NOT EXISTS id UUID DEFAULT {}",
+                    ddl::log_id_sql()
+                );
+                vec![
+                    Step::Rebuild(Rebuild::raw(
+                        config,
+                        &revisions::LOGS,
+                        ddl::LOG_COLUMNS,
+                        &[&add_id],
+                    )),
+                    Step::Rebuild(Rebuild::rollup(
+                        config,
+                        &revisions::LOG_COUNTS_HOURLY,
+                        &revisions::LOG_COUNTS_HOURLY_MV,
+                        &[
+                            "ALTER TABLE $table$on_cluster ADD COLUMN IF NOT EXISTS log_ids \
+                           AggregateFunction(uniqExact, UUID)",
+                        ],
+                        &["ALTER TABLE $table$on_cluster DROP COLUMN IF EXISTS logs"],
+                    )),
+                    Step::Rebuild(Rebuild::rollup(
+                        config,
+                        &revisions::FLOW_RUNS,
+                        &revisions::FLOW_RUNS_MV,
+                        &[revisions::ADD_LAST_STATE_TYPE],
+                        &[],
+                    )),
+                    Step::Rebuild(Rebuild::rollup(
+                        config,
+                        &revisions::FLOW_RUN_STATES_HOURLY,
+                        &revisions::FLOW_RUN_STATES_HOURLY_MV,
+                        &[],
+                        &[],
+                    )),
+                ]
+            },
+        },
+        Migration {
+            version: 3,
+            name: "mirror checkpoints",
+            steps: |config| {
+                config
+                    .create_table(&revisions::MIRROR_CHECKPOINTS)
+                    .into_iter()
+                    .map(Step::Sql)
+                    .collect()
+            },
+        },
+    ]
+}
+
+/// The latest version.
+pub fn latest_version() -> u32 {
+    migrations().last().map_or(0, |m| m.version)
 }
 
 /// Every statement that creates the schema from nothing, in order: what `migrate --print` shows.
@@ -82,12 +171,7 @@ struct Applied {
     checksum: String,
 }
 
-/// Brings the database to the latest version; returns the versions it applied now.
-pub async fn apply(server: &Client, config: &SchemaConfig) -> anyhow::Result<Vec<u32>> {
-    execute(server, &config.create_database()).await?;
-    for statement in config.create_table(&ddl::SCHEMA_MIGRATIONS) {
-        execute(server, &statement).await?;
-    }
+async fn recorded(server: &Client, config: &SchemaConfig) -> anyhow::Result<Vec<Applied>> {
     let recorded: Vec<Applied> = server
         .query(&format!(
             "SELECT version, any(name) AS name, any(checksum) AS checksum FROM {}.schema_migrations \
@@ -97,47 +181,137 @@ pub async fn apply(server: &Client, config: &SchemaConfig) -> anyhow::Result<Vec
         .fetch_all()
         .await
         .context("cannot read schema_migrations")?;
-
-    let mut applied_now = Vec::new();
-    for migration in migrations() {
-        let checksum = migration.checksum();
-        if let Some(done) = recorded.iter().find(|r| r.version == migration.version) {
-            if done.checksum != checksum {
-                bail!(
-                    "migration {} ({}) was applied with definition {} but the code now defines \
-                     {checksum}: change the schema with a new migration instead of editing one",
-                    migration.version,
-                    migration.name,
-                    done.checksum
-                );
-            }
+    for done in &recorded {
+        let Some(migration) = migrations().iter().find(|m| m.version == done.version) else {
+            tracing::warn!(
+                version = done.version,
+                name = done.name,
+                known = latest_version(),
+                "the database has a migration newer than this build knows"
+            );
             continue;
+        };
+        let checksum = migration.checksum();
+        if done.checksum != checksum {
+            bail!(
+                "migration {} ({}) was applied with definition {} but the code now defines \
+                 {checksum}: change the schema with a new migration instead of editing one",
+                migration.version,
+                migration.name,
+                done.checksum
+            );
         }
-        tracing::info!(
-            version = migration.version,
-            name = migration.name,
-            "applying migration"
-        );
-        for statement in migration.statements(config) {
-            execute(server, &statement).await?;
+    }
+    Ok(recorded)
+}
+
+/// Brings the database to the latest version; returns the versions it applied now.
+pub async fn apply(server: &Client, config: &SchemaConfig) -> anyhow::Result<Vec<u32>> {
+    apply_up_to(server, config, latest_version()).await
+}
+
+/// Brings the database to version `last` (an earlier one only for upgrade tests); returns the
+/// versions it applied now.
+pub async fn apply_up_to(
+    server: &Client,
+    config: &SchemaConfig,
+    last: u32,
+) -> anyhow::Result<Vec<u32>> {
+    execute(server, &config.create_database()).await?;
+    for statement in config.create_table(&ddl::SCHEMA_MIGRATIONS) {
+        execute(server, &statement).await?;
+    }
+    let pending = |recorded: &[Applied]| -> Vec<&'static Migration> {
+        migrations()
+            .iter()
+            .filter(|m| m.version <= last && !recorded.iter().any(|r| r.version == m.version))
+            .collect()
+    };
+    let mut applied_now = Vec::new();
+    if !pending(&recorded(server, config).await?).is_empty() {
+        let lock = lock::acquire(server, config).await?;
+        // Under the lock: another process may have applied them while we waited.
+        let result = async {
+            for migration in pending(&recorded(server, config).await?) {
+                apply_one(server, config, migration, &lock).await?;
+                applied_now.push(migration.version);
+            }
+            anyhow::Ok(())
         }
-        let mut insert = server
-            .clone()
-            .with_database(&config.database)
-            .insert::<Applied>("schema_migrations")
-            .await?;
-        insert
-            .write(&Applied {
-                version: migration.version,
-                name: migration.name.into(),
-                checksum,
-            })
-            .await?;
-        insert.end().await.context("cannot record the migration")?;
-        applied_now.push(migration.version);
+        .await;
+        let released = lock.release().await;
+        result?;
+        released?;
     }
     reconcile_retention(server, config).await?;
     Ok(applied_now)
+}
+
+async fn apply_one(
+    server: &Client,
+    config: &SchemaConfig,
+    migration: &Migration,
+    lock: &lock::MigrationLock,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        version = migration.version,
+        name = migration.name,
+        "applying migration"
+    );
+    for step in migration.steps(config) {
+        match step {
+            Step::Sql(statement) => {
+                lock.check()?;
+                execute(server, &statement).await?;
+            }
+            Step::Rebuild(rebuild) => {
+                let done = comment_of(server, config, &rebuild.table).await? == rebuild.marker;
+                let phases = if done {
+                    vec![&rebuild.cleanup]
+                } else {
+                    tracing::info!(table = rebuild.table, "rebuilding");
+                    vec![
+                        &rebuild.prepare,
+                        &rebuild.build,
+                        &rebuild.fill,
+                        &rebuild.switch,
+                        &rebuild.cleanup,
+                    ]
+                };
+                for statement in phases.into_iter().flatten() {
+                    lock.check()?;
+                    execute(server, statement).await?;
+                }
+            }
+        }
+    }
+    let mut insert = server
+        .clone()
+        .with_database(&config.database)
+        .insert::<Applied>("schema_migrations")
+        .await?;
+    insert
+        .write(&Applied {
+            version: migration.version,
+            name: migration.name.into(),
+            checksum: migration.checksum(),
+        })
+        .await?;
+    insert.end().await.context("cannot record the migration")
+}
+
+/// The comment of a table ("" if it has none or does not exist).
+async fn comment_of(server: &Client, config: &SchemaConfig, table: &str) -> anyhow::Result<String> {
+    let comments: Vec<String> = server
+        .query(
+            "SELECT comment FROM system.tables WHERE database = {db:String} AND name = {name:String}",
+        )
+        .param("db", &config.database)
+        .param("name", table)
+        .fetch_all()
+        .await
+        .with_context(|| format!("cannot read the comment of {table}"))?;
+    Ok(comments.into_iter().next().unwrap_or_default())
 }
 
 /// Runs one idempotent statement; losing a creation race to another `migrate` is success.
@@ -167,15 +341,12 @@ async fn reconcile_retention(server: &Client, config: &SchemaConfig) -> anyhow::
         if engine_full.contains(&wanted_days) {
             continue;
         }
-        let on_cluster = match &config.topology {
-            Topology::SingleNode => String::new(),
-            Topology::Cluster(name) => format!(" ON CLUSTER '{name}'"),
-        };
         tracing::info!(table = %local, days = config.retention_days, "changing retention");
         server
             .query(&format!(
-                "ALTER TABLE {}.{local}{on_cluster} MODIFY TTL {ttl}",
-                config.database
+                "ALTER TABLE {}.{local}{} MODIFY TTL {ttl}",
+                config.database,
+                config.on_cluster()
             ))
             // Old parts are dropped as they age out; rewriting them now would cost a full pass.
             .with_setting("materialize_ttl_after_modify", "0")
@@ -201,6 +372,19 @@ pub struct Args {
     /// Print the statements that create the schema instead of applying them.
     #[arg(long)]
     pub print: bool,
+    /// Also create (or update) this read-only ClickHouse user for the query API, with the
+    /// tenant row policies (see `flowhouse_schema::access`). Needs a server with access
+    /// management; the local engine has none.
+    #[arg(long, env = "FLOWHOUSE_READER_USER")]
+    pub reader_user: Option<String>,
+    /// The password of --reader-user (rerunning migrate with a new one changes it).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_READER_PASSWORD",
+        hide_env_values = true,
+        requires = "reader_user"
+    )]
+    pub reader_password: Option<String>,
 }
 
 impl Args {
@@ -216,16 +400,44 @@ impl Args {
     }
 }
 
+/// The reader user of the flags: `None` without --reader-user; `Some(None)` with a user but no
+/// password (enough to print the role and policies).
+fn reader_user(args: &Args) -> anyhow::Result<Option<Option<access::ReaderUser>>> {
+    let Some(name) = &args.reader_user else {
+        return Ok(None);
+    };
+    if !access::is_plain_user_name(name) {
+        bail!(
+            "--reader-user {name:?}: use letters, digits and underscores (at most 64, not \
+             starting with a digit)"
+        );
+    }
+    Ok(Some(
+        args.reader_password
+            .as_deref()
+            .map(|password| access::ReaderUser::new(name, password)),
+    ))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.schema_config();
     if args.retention_days == 0 {
         bail!("--retention-days must be at least 1");
     }
+    let reader = reader_user(&args)?;
     if args.print {
         for statement in full_schema(&config) {
             println!("{statement};\n");
         }
+        if let Some(reader) = &reader {
+            for statement in access::reader_statements(&config, reader.as_ref()) {
+                println!("{statement};\n");
+            }
+        }
         return Ok(());
+    }
+    if let Some(None) = &reader {
+        bail!("--reader-user needs --reader-password (or FLOWHOUSE_READER_PASSWORD)");
     }
     let server = args.clickhouse.server_client();
     let applied = apply(&server, &config).await.with_context(|| {
@@ -234,7 +446,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             config.database, args.clickhouse.url
         )
     })?;
-    let latest = migrations().last().map_or(0, |m| m.version);
+    if let Some(Some(user)) = &reader {
+        for statement in access::reader_statements(&config, Some(user)) {
+            server.query(&statement).execute().await.with_context(|| {
+                format!(
+                    "cannot set up the reader user {} (the ClickHouse user of migrate needs \
+                     access management: CREATE ROLE, CREATE USER, CREATE ROW POLICY, GRANT)",
+                    user.name
+                )
+            })?;
+        }
+        println!(
+            "reader user {} holds {} (SELECT on the tenant tables, tenant row policies)",
+            user.name,
+            access::READER_ROLE
+        );
+    }
+    let latest = latest_version();
     if applied.is_empty() {
         println!(
             "database {} is at version {latest}; nothing to apply",
@@ -247,4 +475,84 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(topology: Topology) -> SchemaConfig {
+        SchemaConfig {
+            database: "fh".into(),
+            topology,
+            retention_days: 30,
+        }
+    }
+
+    #[test]
+    fn migration_1_is_still_the_definition_every_existing_database_recorded() {
+        // Recorded in every database migration 1 created; changing it would make every
+        // existing database refuse to migrate.
+        assert_eq!(migrations()[0].checksum(), "94500bf3e8c4b0c3dfabeed0");
+    }
+
+    #[test]
+    fn versions_are_consecutive_and_names_unique() {
+        for (i, migration) in migrations().iter().enumerate() {
+            assert_eq!(migration.version as usize, i + 1);
+        }
+        let mut checksums: Vec<String> = migrations().iter().map(Migration::checksum).collect();
+        checksums.dedup();
+        assert_eq!(checksums.len(), migrations().len());
+    }
+
+    #[test]
+    fn every_rebuilt_table_ends_in_its_latest_definition_and_cleans_up_after_itself() {
+        for topology in [Topology::SingleNode, Topology::Cluster("c".into())] {
+            let config = config(topology);
+            for migration in migrations() {
+                for step in migration.steps(&config) {
+                    let Step::Rebuild(rebuild) = step else {
+                        continue;
+                    };
+                    let latest = ddl::TABLES
+                        .iter()
+                        .find(|t| config.local_name(t) == rebuild.table)
+                        .expect("a rebuilt table is in the schema");
+                    assert_eq!(
+                        ddl::revision_comment(latest).as_deref(),
+                        Some(rebuild.marker.as_str()),
+                        "{} is rebuilt into a revision that is not its latest",
+                        rebuild.table
+                    );
+                    // What the build creates, the cleanup drops.
+                    let created: Vec<String> = rebuild
+                        .build
+                        .iter()
+                        .filter(|s| s.starts_with("CREATE"))
+                        .filter_map(|s| {
+                            s.split_whitespace()
+                                .nth(if s.starts_with("CREATE MATERIALIZED") {
+                                    6
+                                } else {
+                                    5
+                                })
+                        })
+                        .map(str::to_string)
+                        .collect();
+                    assert!(!created.is_empty());
+                    for name in created {
+                        assert!(
+                            rebuild
+                                .cleanup
+                                .iter()
+                                .any(|s| s.starts_with("DROP") && s.contains(&format!("{name} "))),
+                            "{name} is left behind by the rebuild of {}",
+                            rebuild.table
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

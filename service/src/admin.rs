@@ -1,4 +1,9 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `/healthz`, `/readyz` and `/metrics`, served on their own listener.
+//!
+//! Every service serves these on an admin address apart from its public API
+//! ([`serve_with_admin`]): a load balancer or ingress publishes the API without exposing
+//! metrics (tenant names, queue depths) or readiness details, and the admin port stays on a
+//! private network where Prometheus and the orchestrator's probes reach it.
 //!
 //! `/healthz` answers 200 while the process can answer at all. `/readyz` answers 200 only when
 //! every component that registered itself reports ready, and otherwise 503 with a JSON body that
@@ -77,7 +82,7 @@ impl Readiness {
     }
 }
 
-/// The three admin routes, to serve alone or merge into a service's own router.
+/// The three admin routes, served on the admin listener.
 pub fn routes(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -115,5 +120,26 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
+    Ok(())
+}
+
+/// Serves the public `router` on `listen` and the admin routes on `admin_listen` until
+/// `shutdown` fires. Fails at once when either address cannot be bound.
+pub async fn serve_with_admin(
+    listen: SocketAddr,
+    router: Router,
+    admin_listen: SocketAddr,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if listen == admin_listen {
+        anyhow::bail!(
+            "the API and the admin routes need different addresses (both are {listen}); \
+             set the admin listen address to another port"
+        );
+    }
+    let admin = serve(admin_listen, routes(readiness), shutdown.clone());
+    let public = serve(listen, router, shutdown);
+    tokio::try_join!(public, admin)?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! and exports them; tests that stop and start a component (fault tests) also need
 //! `FLOWHOUSE_STACK_DIR`, which only the local stack exports.
 
+pub mod browser;
 pub mod fixtures;
 pub mod served;
 

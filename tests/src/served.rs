@@ -14,6 +14,8 @@ use crate::{ServiceProcess, Stack, free_port, unique_name};
 pub struct Served {
     pub process: ServiceProcess,
     pub port: u16,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_port: u16,
     pub tenant: Tenant,
     /// `write` and `read` on `tenant`.
     pub key: String,
@@ -63,10 +65,11 @@ impl Served {
             Some("other tenant".into()),
         )
         .unwrap();
-        let port = free_port();
+        let (port, admin_port) = (free_port(), free_port());
         let mut env = stack.service_env(&database, &topics);
         env.extend([
             ("FLOWHOUSE_LISTEN", format!("127.0.0.1:{port}")),
+            ("FLOWHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
             ("FLOWHOUSE_KEYS_FILE", keys_file.display().to_string()),
             ("FLOWHOUSE_INGEST_GROUP", unique_name("ingest")),
             (
@@ -81,6 +84,7 @@ impl Served {
         let served = Self {
             process,
             port,
+            admin_port,
             tenant,
             key,
             other_key,
@@ -95,6 +99,11 @@ impl Served {
 
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin listener's base URL.
+    pub fn admin_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
     }
 
     /// The workspace base URL of `tenant`.
@@ -120,7 +129,10 @@ impl Served {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Ok(response) = http.get(format!("{}/readyz", self.base())).send().await
+            if let Ok(response) = http
+                .get(format!("{}/readyz", self.admin_base()))
+                .send()
+                .await
                 && response.status() == 200
             {
                 return;

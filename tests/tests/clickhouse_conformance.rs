@@ -486,6 +486,56 @@ mod raw_http {
     }
 }
 
+/// One compressed block claiming LZ4 with a payload that is not LZ4, and a valid checksum: the
+/// server must refuse it as CANNOT_DECOMPRESS (found by fuzzing the bridge's decoder, whose codec
+/// error escaped as an internal error), for an insert and for a query alike.
+#[tokio::test]
+async fn a_corrupt_block_with_a_valid_checksum_is_cannot_decompress() {
+    let stack = Stack::from_env();
+    let db = stack.fresh_database("conf_corrupt").await;
+    let client = stack.clickhouse_client(&db);
+    client
+        .query("CREATE TABLE t (n UInt32) ENGINE = MergeTree ORDER BY n")
+        .execute()
+        .await
+        .unwrap();
+    let payload = [0xffu8; 8];
+    let mut framed = vec![0x82u8];
+    framed.extend_from_slice(&(9 + payload.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&100u32.to_le_bytes());
+    framed.extend_from_slice(&payload);
+    let checksum = cityhash_rs::cityhash_102_128(&framed).rotate_right(64);
+    let mut body = checksum.to_le_bytes().to_vec();
+    body.extend_from_slice(&framed);
+
+    for query in ["INSERT INTO t FORMAT TSV", ""] {
+        let mut params = vec![("database", db.as_str()), ("decompress", "1")];
+        if !query.is_empty() {
+            params.push(("query", query));
+        }
+        let response = reqwest::Client::new()
+            .post(&stack.clickhouse.url)
+            .header("X-ClickHouse-User", &stack.clickhouse.user)
+            .header("X-ClickHouse-Key", &stack.clickhouse.password)
+            .query(&params)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let code = response.headers()["X-ClickHouse-Exception-Code"].clone();
+        let text = response.text().await.unwrap();
+        assert!(!status.is_success(), "{query:?}: {status} {text}");
+        assert_eq!(code, "271", "{query:?}: {text}");
+    }
+    let count: u64 = client
+        .query("SELECT count() FROM t")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
 #[tokio::test]
 async fn the_server_reads_typed_values_as_the_client_meant_them() {
     // A round trip alone would pass even if both directions swapped UUID halves or shifted

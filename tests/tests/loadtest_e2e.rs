@@ -101,11 +101,9 @@ async fn a_small_run_verifies_the_whole_path() {
         String::from_utf8_lossy(&migrate.stderr)
     );
 
-    let (ingest_admin, endpoint, query_api) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let address = || format!("127.0.0.1:{}", free_port());
+    let (ingest_admin, endpoint, endpoint_admin, query_api, query_admin) =
+        (address(), address(), address(), address(), address());
     let mut ingest = world.start(
         &["ingest"],
         &[
@@ -118,6 +116,7 @@ async fn a_small_run_verifies_the_whole_path() {
         &["endpoint"],
         &[
             ("FLOWHOUSE_ENDPOINT_LISTEN", endpoint.clone()),
+            ("FLOWHOUSE_ENDPOINT_ADMIN_LISTEN", endpoint_admin.clone()),
             ("FLOWHOUSE_ENDPOINT_RATE_LIMIT", "0".into()),
         ],
     );
@@ -125,12 +124,13 @@ async fn a_small_run_verifies_the_whole_path() {
         &["query-api"],
         &[
             ("FLOWHOUSE_QUERY_API_LISTEN", query_api.clone()),
+            ("FLOWHOUSE_QUERY_API_ADMIN_LISTEN", query_admin.clone()),
             ("FLOWHOUSE_PAGE_TOKEN_SECRET", unique_name("secret")),
         ],
     );
     wait_ready(&mut ingest, &ingest_admin).await;
-    wait_ready(&mut endpoint_service, &endpoint).await;
-    wait_ready(&mut query_service, &query_api).await;
+    wait_ready(&mut endpoint_service, &endpoint_admin).await;
+    wait_ready(&mut query_service, &query_admin).await;
 
     let out_dir = dir.path().join("results");
     // Sized for a little more than MESSAGES and cut at MESSAGES, so exactly that many go out
@@ -143,7 +143,12 @@ async fn a_small_run_verifies_the_whole_path() {
     ];
     let run = tokio::task::spawn_blocking({
         let env = world.env();
-        let (endpoint, query_api, out_dir) = (endpoint.clone(), query_api.clone(), out_dir.clone());
+        let (endpoint, query_api, query_admin, out_dir) = (
+            endpoint.clone(),
+            query_api.clone(),
+            query_admin.clone(),
+            out_dir.clone(),
+        );
         move || {
             Command::new(flowhouse_binary())
                 .args([
@@ -159,6 +164,7 @@ async fn a_small_run_verifies_the_whole_path() {
                 .args(["--target", "http", "--batch-size", "200"])
                 .args(["--endpoint-url", &format!("http://{endpoint}")])
                 .args(["--query-url", &format!("http://{query_api}")])
+                .args(["--query-admin-url", &format!("http://{query_admin}")])
                 .args(["--dashboard-users", "4", "--dashboard-refresh", "1s"])
                 .args(["--freshness-every", "1s", "--visible-timeout", "4m"])
                 .args(services.iter().flat_map(|s| ["--service-pid", s.as_str()]))

@@ -90,7 +90,7 @@ expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 414, 415, 422, 428,
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        report.contains("Selected: 13/13") && report.contains("Tested: 13"),
+        report.contains("Selected: 17/17") && report.contains("Tested: 17"),
         "every operation of both services is tested:\n{report}"
     );
     served.finish().await;

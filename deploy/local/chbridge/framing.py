@@ -61,11 +61,23 @@ def decode_blocks(read_exact):
         if _checksum(framed) != head[:CHECKSUM_SIZE]:
             raise FramingError("checksum doesn't match: corrupted data")
         if method == METHOD_LZ4:
-            yield lz4.block.decompress(payload, uncompressed_size=size_raw)
+            yield _decompress_lz4(payload, size_raw)
         elif method == METHOD_NONE:
             yield payload
         else:
             raise FramingError(f"unknown compression method 0x{method:02x}")
+
+
+def _decompress_lz4(payload: bytes, size_raw: int) -> bytes:
+    # A payload whose checksum matches can still be corrupt LZ4 (a client bug, or a crafted
+    # body): that is a framing error like any other, not an exception of the codec.
+    try:
+        data = lz4.block.decompress(payload, uncompressed_size=size_raw)
+    except lz4.block.LZ4BlockError as exc:
+        raise FramingError(f"corrupt LZ4 block: {exc}") from None
+    if len(data) != size_raw:
+        raise FramingError(f"LZ4 block holds {len(data)} bytes, its header says {size_raw}")
+    return data
 
 
 def encode_block(data: bytes) -> bytes:

@@ -255,7 +255,7 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the body is the insert's data
         else:
             if params.get("decompress") == "1":
-                raw = b"".join(framing.decode_blocks(body.read_exact))
+                raw = b"".join(self.decompressed(body))
             else:
                 raw = body.read_all(self.server.max_query_size)
             text = raw.decode("utf-8", errors="replace")

@@ -90,43 +90,59 @@ impl Setup {
         let app = App::start(&args, Default::default())
             .await
             .expect("start the endpoint");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let router = app.router();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("serve");
-        });
+        let (addr, server) = serve(app.router()).await;
+        let (admin_addr, admin_server) = serve(app.admin_router()).await;
         Endpoint {
             app,
             addr,
+            admin_addr,
             args,
             http: reqwest::Client::new(),
-            server,
+            servers: [server, admin_server],
             _setup: self,
         }
     }
 }
 
+/// Serves `router` on a free loopback port.
+async fn serve(router: axum::Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("serve");
+    });
+    (addr, server)
+}
+
 pub struct Endpoint {
     pub app: App,
     pub addr: SocketAddr,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: SocketAddr,
     pub args: Args,
     pub http: reqwest::Client,
-    server: tokio::task::JoinHandle<()>,
+    servers: [tokio::task::JoinHandle<()>; 2],
     _setup: Setup,
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        self.server.abort();
+        for server in &self.servers {
+            server.abort();
+        }
     }
 }
 
 impl Endpoint {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
     }
 
     /// `.../api/accounts/A/workspaces/W/<rest>`

@@ -349,6 +349,7 @@ fn row(offset: i64) -> Item {
         account_id: Uuid::nil(),
         workspace_id: Uuid::nil(),
         timestamp: Utc::now(),
+        id: Uuid::nil(),
         received: Utc::now(),
         level: 20,
         name: "n".into(),

@@ -45,20 +45,14 @@ impl Ingest {
                 .fetch_watermarks(&topic, key.1, CALL_TIMEOUT)
                 .map(|(low, _)| low)
         };
-        let (consumer, cancel, events) = (
-            self.consumer.clone(),
-            assignment.cancel.clone(),
-            events.clone(),
+        self.spawn_call(
+            "fetch the earliest offset",
+            key,
+            assignment,
+            events,
+            call,
+            Outcome::Low,
         );
-        let generation = assignment.generation;
-        tokio::spawn(async move {
-            let low = call_retried("fetch the earliest offset", consumer, &cancel, call).await;
-            let _ = events.send(GateEvent {
-                key,
-                generation,
-                outcome: Outcome::Low(low),
-            });
-        });
     }
 
     pub(super) fn spawn_seek(
@@ -72,6 +66,24 @@ impl Ingest {
         let call = move |consumer: &StreamConsumer<IngestContext>| {
             consumer.seek(&topic, key.1, Offset::Offset(target), CALL_TIMEOUT)
         };
+        let outcome = |done: Option<()>| Outcome::Seeked(done.is_some());
+        self.spawn_call("seek", key, assignment, events, call, outcome);
+    }
+
+    /// Runs `call` for the partition's gate off the consume loop; its `outcome` comes back as a
+    /// [`GateEvent`] of this assignment's generation.
+    fn spawn_call<T, F>(
+        &self,
+        what: &'static str,
+        key: Key,
+        assignment: &Assignment,
+        events: &mpsc::UnboundedSender<GateEvent>,
+        call: F,
+        outcome: fn(Option<T>) -> Outcome,
+    ) where
+        T: Send + 'static,
+        F: Fn(&StreamConsumer<IngestContext>) -> KafkaResult<T> + Send + Clone + 'static,
+    {
         let (consumer, cancel, events) = (
             self.consumer.clone(),
             assignment.cancel.clone(),
@@ -79,11 +91,11 @@ impl Ingest {
         );
         let generation = assignment.generation;
         tokio::spawn(async move {
-            let done = call_retried("seek", consumer, &cancel, call).await;
+            let result = call_retried(what, consumer, &cancel, call).await;
             let _ = events.send(GateEvent {
                 key,
                 generation,
-                outcome: Outcome::Seeked(done.is_some()),
+                outcome: outcome(result),
             });
         });
     }

@@ -82,10 +82,12 @@ pub struct Failure {
 pub struct QueryApi {
     client: reqwest::Client,
     base_url: String,
+    /// Its admin listener, where `/metrics` is.
+    admin_url: String,
 }
 
 impl QueryApi {
-    pub fn new(base_url: &str) -> anyhow::Result<Self> {
+    pub fn new(base_url: &str, admin_url: &str) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
@@ -94,6 +96,7 @@ impl QueryApi {
         Ok(Self {
             client,
             base_url: base_url.trim_end_matches('/').to_string(),
+            admin_url: admin_url.trim_end_matches('/').to_string(),
         })
     }
 
@@ -170,11 +173,11 @@ impl QueryApi {
     pub async fn counter_by(&self, name: &str, label: &str) -> anyhow::Result<Vec<(String, f64)>> {
         let text = self
             .client
-            .get(format!("{}/metrics", self.base_url))
+            .get(format!("{}/metrics", self.admin_url))
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("cannot read {}/metrics", self.base_url))?
+            .with_context(|| format!("cannot read {}/metrics", self.admin_url))?
             .text()
             .await?;
         Ok(prometheus_sum_by(&text, name, label))

@@ -73,13 +73,20 @@ pub struct RunArgs {
         default_value = "http://127.0.0.1:4200"
     )]
     pub endpoint_url: String,
-    /// The query API (dashboards, verification, cache counters from its /metrics).
+    /// The query API (dashboards, verification).
     #[arg(
         long,
         env = "FLOWHOUSE_QUERY_URL",
         default_value = "http://127.0.0.1:4201"
     )]
     pub query_url: String,
+    /// The query API's admin listener (cache counters from its /metrics).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_QUERY_ADMIN_URL",
+        default_value = "http://127.0.0.1:9466"
+    )]
+    pub query_admin_url: String,
     /// The keys file the endpoint and the query API read; a read+write key per generated
     /// account is added to it.
     #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
@@ -180,7 +187,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         vec![Scope::Write, Scope::Read],
         Some("loadtest freshness markers".into()),
     )?;
-    let api = QueryApi::new(&args.query_url)?;
+    let api = QueryApi::new(&args.query_url, &args.query_admin_url)?;
     let (first_tenant, first_key) = tenant_keys.first().context("the workload has no tenant")?;
     api.wait_for_key(first_tenant, first_key, Duration::from_secs(60))
         .await?;
@@ -459,6 +466,8 @@ async fn drive(
 }
 
 /// (hits, all lookups) of the query API's cache so far; `None` if its /metrics is unreadable.
+/// A stale answer served while its replacement loads counts as a hit: the request did not
+/// wait for ClickHouse.
 async fn cache_counts(api: &QueryApi) -> Option<(f64, f64)> {
     let counts = api
         .counter_by("flowhouse_query_cache_requests_total", "result")
@@ -466,7 +475,7 @@ async fn cache_counts(api: &QueryApi) -> Option<(f64, f64)> {
         .ok()?;
     let hits = counts
         .iter()
-        .filter(|(result, _)| result == "hit")
+        .filter(|(result, _)| result == "hit" || result == "stale")
         .map(|(_, n)| n)
         .sum();
     let all = counts.iter().map(|(_, n)| n).sum();

@@ -318,6 +318,7 @@ pub(crate) fn log_line(
         LogText::Template(template, argument) => render_template(template, *level, argument),
     };
     Some(Log {
+        id: None,
         name: CowStr::from(if task.is_some() {
             "prefect.task_runs"
         } else {

@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde::Serialize;
 
 use super::params::{MetricParams, MetricQuery, Takes, TopFailingQuery, parse};
-use super::queries::{self, is_failure};
+use super::queries::{self, Group, is_failure};
 use super::responses::*;
 use super::tally::{Tally, sum_where};
 use crate::auth::Reader;
@@ -21,6 +21,8 @@ use crate::openapi::Errors;
 use crate::{AppState, cached_json};
 use flowhouse_service::openapi::WorkspacePath;
 
+/// Answers through the cache; `compute` gets its own state and parameters, since a stale
+/// answer's replacement is computed on a task of its own.
 async fn serve<T, F>(
     state: &AppState,
     tenant: flowhouse_schema::Tenant,
@@ -28,14 +30,15 @@ async fn serve<T, F>(
     params: &MetricParams,
     method: &Method,
     headers: &HeaderMap,
-    compute: F,
+    compute: impl FnOnce(AppState, MetricParams) -> F,
 ) -> Result<Response, ApiError>
 where
     T: Serialize,
-    F: Future<Output = Result<T, ApiError>> + Send,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     let key = serde_json::to_string(params).map_err(|_| ApiError::Internal)?;
     let ttl = state.cache.ttl_for(params.window.until, params.bucket);
+    let compute = compute(state.clone(), params.clone());
     cached_json(state, tenant, route, key, ttl, method, headers, compute).await
 }
 
@@ -55,42 +58,51 @@ pub async fn flow_runs(
         Takes::Metric,
         state.settings.max_window_micros(),
     )?;
-    serve(&state, tenant, "flow_runs", &p, &method, &headers, async {
-        let rows =
-            queries::flow_runs_by_state(&state.db, tenant, &p.window, p.bucket, &p.filters).await?;
-        let mut tally = Tally::default();
-        for row in rows {
-            tally.add(row.bucket, (row.state_type, row.state_name), row.runs);
-        }
-        let counts = |map: &BTreeMap<(String, String), u64>| -> Vec<StateCount> {
-            map.iter()
-                .map(|((state_type, state_name), count)| StateCount {
-                    state_type: state_type.clone(),
-                    state_name: state_name.clone(),
-                    count: *count,
-                })
-                .collect()
-        };
-        let total = tally.total();
-        let failures = sum_where(&tally.totals, |(state_type, _)| is_failure(state_type));
-        let series = p.gap_filled(&tally.buckets, |start, bucket| {
-            let by_state = bucket.map(counts).unwrap_or_default();
-            StateBucket {
-                start,
-                total: by_state.iter().map(|c| c.count).sum(),
-                by_state,
+    serve(
+        &state,
+        tenant,
+        "flow_runs",
+        &p,
+        &method,
+        &headers,
+        |state, p| async move {
+            let rows =
+                queries::flow_runs_by_state(&state.db, tenant, &p.window, &p.axis, &p.filters)
+                    .await?;
+            let mut tally = Tally::default();
+            for row in rows {
+                tally.add(row.bucket, (row.state_type, row.state_name), row.runs);
             }
-        });
-        Ok(FlowRunsResponse {
-            window: WindowOut::of(&p),
-            filters: p.filters.clone(),
-            total,
-            failures,
-            failure_rate: (total > 0).then(|| failures as f64 / total as f64),
-            by_state: counts(&tally.totals),
-            series,
-        })
-    })
+            let counts = |map: &BTreeMap<(String, String), u64>| -> Vec<StateCount> {
+                map.iter()
+                    .map(|((state_type, state_name), count)| StateCount {
+                        state_type: state_type.clone(),
+                        state_name: state_name.clone(),
+                        count: *count,
+                    })
+                    .collect()
+            };
+            let total = tally.total();
+            let failures = sum_where(&tally.totals, |(state_type, _)| is_failure(state_type));
+            let series = p.gap_filled(&tally.buckets, |start, bucket| {
+                let by_state = bucket.map(counts).unwrap_or_default();
+                StateBucket {
+                    start,
+                    total: by_state.iter().map(|c| c.count).sum(),
+                    by_state,
+                }
+            });
+            Ok(FlowRunsResponse {
+                window: WindowOut::of(&p),
+                filters: p.filters.clone(),
+                total,
+                failures,
+                failure_rate: (total > 0).then(|| failures as f64 / total as f64),
+                by_state: counts(&tally.totals),
+                series,
+            })
+        },
+    )
     .await
 }
 
@@ -110,24 +122,32 @@ pub async fn late_runs(
         Takes::Metric,
         state.settings.max_window_micros(),
     )?;
-    serve(&state, tenant, "late_runs", &p, &method, &headers, async {
-        let (late, lateness) = futures::try_join!(
-            queries::late_runs(&state.db, tenant, &p.window, p.bucket, &p.filters),
-            queries::lateness(&state.db, tenant, &p.window, &p.filters),
-        )?;
-        let by_bucket: BTreeMap<i64, u64> = late.iter().map(|r| (r.bucket, r.runs)).collect();
-        Ok(LateRunsResponse {
-            window: WindowOut::of(&p),
-            filters: p.filters.clone(),
-            late_runs: late.iter().map(|r| r.runs).sum(),
-            series: p.gap_filled(&by_bucket, |start, count| CountBucket {
-                start,
-                count: count.copied().unwrap_or(0),
-            }),
-            mean_lateness_seconds: mean_seconds(lateness.lateness_micros, lateness.runs),
-            lateness_runs: lateness.runs,
-        })
-    })
+    serve(
+        &state,
+        tenant,
+        "late_runs",
+        &p,
+        &method,
+        &headers,
+        |state, p| async move {
+            let (late, lateness) = futures::try_join!(
+                queries::late_runs(&state.db, tenant, &p.window, &p.axis, &p.filters),
+                queries::lateness(&state.db, tenant, &p.window, &p.filters),
+            )?;
+            let by_bucket: BTreeMap<i64, u64> = late.iter().map(|r| (r.bucket, r.runs)).collect();
+            Ok(LateRunsResponse {
+                window: WindowOut::of(&p),
+                filters: p.filters.clone(),
+                late_runs: late.iter().map(|r| r.runs).sum(),
+                series: p.gap_filled(&by_bucket, |start, count| CountBucket {
+                    start,
+                    count: count.copied().unwrap_or(0),
+                }),
+                mean_lateness_seconds: mean_seconds(lateness.lateness_micros, lateness.runs),
+                lateness_runs: lateness.runs,
+            })
+        },
+    )
     .await
 }
 
@@ -154,27 +174,35 @@ pub async fn durations(
         state.settings.max_window_micros(),
     )?;
     let cap = state.settings.max_result_rows;
-    serve(&state, tenant, "durations", &p, &method, &headers, async {
-        let mut rows =
-            queries::durations(&state.db, tenant, &p.window, &p.filters, cap + 1).await?;
-        let truncated = rows.len() as u64 > cap;
-        rows.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
-        Ok(DurationsResponse {
-            window: WindowOut::of(&p),
-            filters: p.filters.clone(),
-            flows: rows
-                .into_iter()
-                .map(|r| FlowDuration {
-                    flow_id: r.flow,
-                    flow_name: r.name,
-                    runs: r.runs,
-                    p50_seconds: r.p50 as f64 / 1e6,
-                    p95_seconds: r.p95 as f64 / 1e6,
-                })
-                .collect(),
-            truncated,
-        })
-    })
+    serve(
+        &state,
+        tenant,
+        "durations",
+        &p,
+        &method,
+        &headers,
+        |state, p| async move {
+            let mut rows =
+                queries::durations(&state.db, tenant, &p.window, &p.filters, cap + 1).await?;
+            let truncated = rows.len() as u64 > cap;
+            rows.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+            Ok(DurationsResponse {
+                window: WindowOut::of(&p),
+                filters: p.filters.clone(),
+                flows: rows
+                    .into_iter()
+                    .map(|r| FlowDuration {
+                        flow_id: r.flow,
+                        flow_name: r.name,
+                        runs: r.runs,
+                        p50_seconds: r.p50 as f64 / 1e6,
+                        p95_seconds: r.p95 as f64 / 1e6,
+                    })
+                    .collect(),
+                truncated,
+            })
+        },
+    )
     .await
 }
 
@@ -201,7 +229,7 @@ pub async fn top_failing(
         &p,
         &method,
         &headers,
-        async {
+        |state, p| async move {
             let rows =
                 queries::top_failing(&state.db, tenant, &p.window, &p.filters, p.by, p.limit)
                     .await?;
@@ -214,6 +242,7 @@ pub async fn top_failing(
                     .map(|r| Failing {
                         id: r.id,
                         name: r.name,
+                        flow_name: (p.by == Group::Deployment).then_some(r.flow_name),
                         failures: r.failures,
                     })
                     .collect(),
@@ -239,42 +268,51 @@ pub async fn task_runs(
         Takes::Metric,
         state.settings.max_window_micros(),
     )?;
-    serve(&state, tenant, "task_runs", &p, &method, &headers, async {
-        let rows = queries::task_runs(&state.db, tenant, &p.window, p.bucket, &p.filters).await?;
-        let mut tally = Tally::default();
-        for row in rows {
-            if row.total_row == 1 {
-                tally.add_to_total(row.state_type, row.runs);
-            } else {
-                tally.add_to_bucket(row.bucket, row.state_type, row.runs);
+    serve(
+        &state,
+        tenant,
+        "task_runs",
+        &p,
+        &method,
+        &headers,
+        |state, p| async move {
+            let rows =
+                queries::task_runs(&state.db, tenant, &p.window, &p.axis, &p.filters).await?;
+            let mut tally = Tally::default();
+            for row in rows {
+                if row.total_row == 1 {
+                    tally.add_to_total(row.state_type, row.runs);
+                } else {
+                    tally.add_to_bucket(row.bucket, row.state_type, row.runs);
+                }
             }
-        }
-        let counts = |map: &BTreeMap<String, u64>| -> Vec<TypeCount> {
-            map.iter()
-                .map(|(state_type, count)| TypeCount {
-                    state_type: state_type.clone(),
-                    count: *count,
-                })
-                .collect()
-        };
-        let failures = |map: &BTreeMap<String, u64>| sum_where(map, |t| is_failure(t));
-        let series = p.gap_filled(&tally.buckets, |start, bucket| {
-            let map = bucket.cloned().unwrap_or_default();
-            TypeBucket {
-                start,
-                failures: failures(&map),
-                by_state_type: counts(&map),
-            }
-        });
-        Ok(TaskRunsResponse {
-            window: WindowOut::of(&p),
-            filters: p.filters.clone(),
-            failures: failures(&tally.totals),
-            by_state_type: counts(&tally.totals),
-            series,
-            from_raw_events: !p.filters.tag.is_empty(),
-        })
-    })
+            let counts = |map: &BTreeMap<String, u64>| -> Vec<TypeCount> {
+                map.iter()
+                    .map(|(state_type, count)| TypeCount {
+                        state_type: state_type.clone(),
+                        count: *count,
+                    })
+                    .collect()
+            };
+            let failures = |map: &BTreeMap<String, u64>| sum_where(map, |t| is_failure(t));
+            let series = p.gap_filled(&tally.buckets, |start, bucket| {
+                let map = bucket.cloned().unwrap_or_default();
+                TypeBucket {
+                    start,
+                    failures: failures(&map),
+                    by_state_type: counts(&map),
+                }
+            });
+            Ok(TaskRunsResponse {
+                window: WindowOut::of(&p),
+                filters: p.filters.clone(),
+                failures: failures(&tally.totals),
+                by_state_type: counts(&tally.totals),
+                series,
+                from_raw_events: !p.filters.tag.is_empty(),
+            })
+        },
+    )
     .await
 }
 
@@ -294,35 +332,44 @@ pub async fn logs(
         Takes::Metric,
         state.settings.max_window_micros(),
     )?;
-    serve(&state, tenant, "logs", &p, &method, &headers, async {
-        let rows = queries::log_counts(&state.db, tenant, &p.window, p.bucket, &p.filters).await?;
-        let mut tally = Tally::default();
-        for row in rows {
-            tally.add(row.bucket, row.level, row.lines);
-        }
-        let counts = |map: &BTreeMap<u8, u64>| -> Vec<LevelCount> {
-            map.iter()
-                .map(|(level, count)| LevelCount {
-                    level: *level,
-                    count: *count,
-                })
-                .collect()
-        };
-        let series = p.gap_filled(&tally.buckets, |start, bucket| {
-            let by_level = bucket.map(counts).unwrap_or_default();
-            LevelBucket {
-                start,
-                total: by_level.iter().map(|c| c.count).sum(),
-                by_level,
+    serve(
+        &state,
+        tenant,
+        "logs",
+        &p,
+        &method,
+        &headers,
+        |state, p| async move {
+            let rows =
+                queries::log_counts(&state.db, tenant, &p.window, &p.axis, &p.filters).await?;
+            let mut tally = Tally::default();
+            for row in rows {
+                tally.add(row.bucket, row.level, row.lines);
             }
-        });
-        Ok(LogsResponse {
-            window: WindowOut::of(&p),
-            filters: p.filters.clone(),
-            total: tally.total(),
-            by_level: counts(&tally.totals),
-            series,
-        })
-    })
+            let counts = |map: &BTreeMap<u8, u64>| -> Vec<LevelCount> {
+                map.iter()
+                    .map(|(level, count)| LevelCount {
+                        level: *level,
+                        count: *count,
+                    })
+                    .collect()
+            };
+            let series = p.gap_filled(&tally.buckets, |start, bucket| {
+                let by_level = bucket.map(counts).unwrap_or_default();
+                LevelBucket {
+                    start,
+                    total: by_level.iter().map(|c| c.count).sum(),
+                    by_level,
+                }
+            });
+            Ok(LogsResponse {
+                window: WindowOut::of(&p),
+                filters: p.filters.clone(),
+                total: tally.total(),
+                by_level: counts(&tally.totals),
+                series,
+            })
+        },
+    )
     .await
 }

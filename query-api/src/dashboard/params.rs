@@ -16,7 +16,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::queries::Group;
 use crate::error::ApiError;
 use crate::request::query_pairs;
-use crate::window::{self, Bucket, Window};
+use crate::window::{self, Axis, Bucket, Window};
+use crate::zone::Zone;
 
 const MAX_FILTER_VALUES: usize = 100;
 const MAX_FILTER_CHARS: usize = 1024;
@@ -65,6 +66,21 @@ impl utoipa::PartialSchema for FilterValue {
 
 impl ToSchema for FilterValue {}
 
+/// An IANA time zone name, as the IANA database spells it (backward-compatible links too).
+pub struct TimeZoneName;
+
+impl utoipa::PartialSchema for TimeZoneName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Zone::names()))
+            .description(Some("An IANA time zone name."))
+            .into()
+    }
+}
+
+impl ToSchema for TimeZoneName {}
+
 /// The parameters every metric route takes.
 #[derive(Clone, Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -77,6 +93,10 @@ pub struct MetricQuery {
     pub until: Option<i64>,
     /// `hour` (default) or `day`.
     pub bucket: Option<Bucket>,
+    /// The time zone of day buckets, an IANA name (default `UTC`): a day bucket is a local
+    /// calendar day (23 or 25 hours when clocks change). Hour buckets are hours in any zone.
+    #[param(value_type = Option<TimeZoneName>)]
+    pub tz: Option<String>,
     /// Flow id (without `prefect.flow.`); repeatable, at most 100.
     #[param(value_type = Option<Vec<FilterValue>>, max_items = 100)]
     pub flow: Vec<String>,
@@ -96,6 +116,7 @@ impl MetricQuery {
         "since",
         "until",
         "bucket",
+        "tz",
         "flow",
         "deployment",
         "work_pool",
@@ -130,6 +151,10 @@ pub enum Takes {
 pub struct MetricParams {
     pub window: Window,
     pub bucket: Bucket,
+    pub tz: Zone,
+    /// The buckets of `window` (derived from the fields above, so not part of the cache key).
+    #[serde(skip)]
+    pub axis: Axis,
     pub filters: RunFilters,
     pub by: Group,
     pub limit: u64,
@@ -137,17 +162,16 @@ pub struct MetricParams {
 
 impl MetricParams {
     /// One entry per bucket of the window, gap-filled: `make` gets each bucket's start and what
-    /// `by_bucket` holds for it (keyed by bucket number, `start / width`), if anything.
+    /// `by_bucket` holds for it (keyed by the bucket key the SQL computed), if anything.
     pub fn gap_filled<T, B>(
         &self,
         by_bucket: &BTreeMap<i64, T>,
         make: impl Fn(i64, Option<&T>) -> B,
     ) -> Vec<B> {
-        let width = self.bucket.micros();
-        self.window
-            .bucket_starts(self.bucket)
-            .into_iter()
-            .map(|start| make(start, by_bucket.get(&(start / width))))
+        self.axis
+            .buckets
+            .iter()
+            .map(|&(key, start)| make(start, by_bucket.get(&key)))
             .collect()
     }
 }
@@ -175,6 +199,7 @@ fn read(query: Option<&str>, takes: Takes) -> Result<(MetricQuery, TopFailingQue
             "since" => metric.since = Some(window::parse_time("since", &value)?),
             "until" => metric.until = Some(window::parse_time("until", &value)?),
             "bucket" => metric.bucket = Some(Bucket::parse(&value)?),
+            "tz" => metric.tz = Some(value),
             "by" => top.by = Some(Group::parse(&value)?),
             "limit" => {
                 top.limit = Some(
@@ -235,10 +260,16 @@ pub fn parse(
         list.sort();
         list.dedup();
     }
-    let window = window::resolve(metric.since, metric.until, bucket, max_window_micros)?;
+    let tz = match &metric.tz {
+        Some(name) => Zone::parse(name)?,
+        None => Zone::default(),
+    };
+    let window = window::resolve(metric.since, metric.until, bucket, tz, max_window_micros)?;
     Ok(MetricParams {
         window,
         bucket,
+        tz,
+        axis: Axis::new(&window, bucket, tz),
         filters,
         by: top.by.unwrap_or(Group::Flow),
         limit: top.limit.unwrap_or(5),
@@ -297,6 +328,51 @@ mod tests {
             .map(|i| format!("tag={i}"))
             .collect();
         assert!(refused(&many.join("&"), Takes::Metric).contains("at most 100 values of tag"));
+    }
+
+    #[test]
+    fn day_buckets_follow_the_zone_and_hours_stay_hours() {
+        let p = ok(
+            "since=2027-03-27T00:00:00Z&until=2027-03-30T00:00:00Z&bucket=day&tz=Europe/Berlin",
+            Takes::Metric,
+        );
+        let starts: Vec<String> = p
+            .axis
+            .buckets
+            .iter()
+            .map(|b| window::rfc3339(b.1))
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "2027-03-26T23:00:00.000000Z",
+                "2027-03-27T23:00:00.000000Z",
+                "2027-03-28T22:00:00.000000Z",
+                "2027-03-29T22:00:00.000000Z",
+            ]
+        );
+        let hours = ok(
+            "since=2027-03-28T00:30:00Z&until=2027-03-28T03:00:00Z&tz=Asia/Kolkata",
+            Takes::Metric,
+        );
+        let hour = Bucket::Hour.micros();
+        assert!(hours.axis.buckets.iter().all(|b| b.1 % hour == 0));
+        assert_eq!(hours.axis.buckets.len(), 3);
+        let error = parse(Some("tz=Moon/Base"), Takes::Metric, MONTH).unwrap_err();
+        assert_eq!(error.status(), 422);
+        assert!(error.to_string().starts_with("tz:"), "{error}");
+        // The zone is part of the cache key.
+        let a = serde_json::to_string(&ok("tz=Asia/Tokyo", Takes::Metric)).unwrap();
+        let b = serde_json::to_string(&ok("tz=UTC", Takes::Metric)).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_default_day_window_is_seven_local_days() {
+        let p = ok("bucket=day&tz=Pacific/Kiritimati", Takes::Metric);
+        assert_eq!(p.axis.buckets.len(), 7);
+        assert_eq!(p.axis.buckets[0].1, p.window.since);
+        assert!(p.window.until > window::now_micros());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::RunFilters;
 use crate::db::{Db, Sql, TENANT};
 use crate::error::ApiError;
-use crate::window::{Bucket, Window};
+use crate::window::{Axis, Bucket, Window};
 use flowhouse_schema::Tenant;
 
 pub const TERMINAL: &str = "('COMPLETED', 'FAILED', 'CRASHED', 'CANCELLED')";
@@ -48,6 +48,7 @@ const RUN_COLUMNS: &[(&str, &str)] = &[
     ("final_name", "argMaxIfMerge(final_state)"),
     ("final_type", "argMaxIfMerge(final_state_type)"),
     ("last_name", "argMaxMerge(last_state)"),
+    ("last_type", "argMaxMerge(last_state_type)"),
 ];
 
 /// One merged row per flow run from the `flow_runs` rollup, with `columns` (names of
@@ -109,9 +110,8 @@ fn in_window(sql: &mut Sql, column: &str, window: &Window) -> String {
     format!("{column} >= {since} AND {column} < {until}")
 }
 
-fn bucket_of(sql: &mut Sql, micros_expr: &str, bucket: Bucket) -> String {
-    let width = sql.bind_i64(bucket.micros());
-    format!("intDiv({micros_expr}, {width})")
+fn bucket_of(sql: &mut Sql, micros_expr: &str, axis: &Axis) -> String {
+    axis.key_sql(sql, micros_expr)
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -127,7 +127,7 @@ pub async fn flow_runs_by_state(
     db: &Db,
     tenant: Tenant,
     window: &Window,
-    bucket: Bucket,
+    axis: &Axis,
     filters: &RunFilters,
 ) -> Result<Vec<StateCountRow>, ApiError> {
     let mut sql = Sql::new(tenant);
@@ -135,7 +135,7 @@ pub async fn flow_runs_by_state(
     let b = bucket_of(
         &mut sql,
         "toUnixTimestamp64Micro(assumeNotNull(ended))",
-        bucket,
+        axis,
     );
     let w = in_window(&mut sql, "ended", window);
     sql.push(&format!(
@@ -158,7 +158,7 @@ pub async fn late_runs(
     db: &Db,
     tenant: Tenant,
     window: &Window,
-    bucket: Bucket,
+    axis: &Axis,
     filters: &RunFilters,
 ) -> Result<Vec<BucketCountRow>, ApiError> {
     let mut sql = Sql::new(tenant);
@@ -166,7 +166,7 @@ pub async fn late_runs(
     let b = bucket_of(
         &mut sql,
         "toUnixTimestamp64Micro(assumeNotNull(late))",
-        bucket,
+        axis,
     );
     let w = in_window(&mut sql, "late", window);
     sql.push(&format!(
@@ -282,6 +282,9 @@ impl Group {
 pub struct FailingRow {
     pub id: String,
     pub name: String,
+    /// The flow of a deployment (two flows may each have a deployment named `hourly`); empty
+    /// for the other groups.
+    pub flow_name: String,
     pub failures: u64,
 }
 
@@ -296,12 +299,19 @@ pub async fn top_failing(
     limit: u64,
 ) -> Result<Vec<FailingRow>, ApiError> {
     let (id, name) = group.columns();
+    let mut columns = vec![id, name, "ended", "final_type"];
+    let flow_name = if group == Group::Deployment {
+        columns.push("flow_label");
+        "max(flow_label)"
+    } else {
+        "''"
+    };
     let mut sql = Sql::new(tenant);
-    let runs = runs(&mut sql, filters, &[id, name, "ended", "final_type"]);
+    let runs = runs(&mut sql, filters, &columns);
     let w = in_window(&mut sql, "ended", window);
     let limit = sql.bind("UInt64", limit);
     sql.push(&format!(
-        "SELECT {id} AS id, max({name}) AS name, count() AS failures
+        "SELECT {id} AS id, max({name}) AS name, {flow_name} AS flow_name, count() AS failures
          FROM ({runs})
          WHERE {w} AND final_type IN {FAILURE} AND {id} != ''
          GROUP BY id ORDER BY failures DESC, id ASC LIMIT {limit}"
@@ -341,9 +351,10 @@ pub struct TaskStateRow {
 }
 
 /// The time condition selecting the raw rows that stand in for the rollup: the partial hours
-/// at both ends of the window, or the whole window when it holds no whole hour.
-fn raw_edges(sql: &mut Sql, column: &str, window: &Window) -> String {
-    match window.whole_hours() {
+/// at both ends of the window (or the whole window when it holds no whole hour), and the whole
+/// hours that two buckets share (`split`, hour numbers; see [`Axis::split_hours`]).
+fn raw_edges(sql: &mut Sql, column: &str, window: &Window, split: &[i64]) -> String {
+    let edges = match window.whole_hours() {
         Some((from, to)) => {
             let head = in_window(
                 sql,
@@ -364,7 +375,13 @@ fn raw_edges(sql: &mut Sql, column: &str, window: &Window) -> String {
             format!("(({head}) OR ({tail}))")
         }
         None => in_window(sql, column, window),
+    };
+    if split.is_empty() {
+        return edges;
     }
+    let hours = sql.bind("Array(Int64)", split.to_vec());
+    let hour = sql.bind_i64(Bucket::Hour.micros());
+    format!("({edges} OR has({hours}, intDiv(toUnixTimestamp64Micro({column}), {hour})))")
 }
 
 /// The one shape of the rollup-backed counts: the hourly rollup for the window's whole hours
@@ -374,14 +391,16 @@ fn raw_edges(sql: &mut Sql, column: &str, window: &Window) -> String {
 fn rollup_and_edges(
     sql: &mut Sql,
     window: &Window,
-    bucket: Bucket,
+    axis: &Axis,
     raw_time: &str,
     rollup: impl FnOnce(&mut Sql, &str, &str) -> String,
     raw: impl FnOnce(&mut Sql, &str, &str) -> String,
 ) -> String {
     let mut parts = Vec::new();
+    let mut split = Vec::new();
     if let Some((from, to)) = window.whole_hours() {
-        let hours = in_window(
+        split = axis.split_hours(from, to);
+        let mut hours = in_window(
             sql,
             "hour",
             &Window {
@@ -389,11 +408,17 @@ fn rollup_and_edges(
                 until: to,
             },
         );
-        let b = bucket_of(sql, "toInt64(toUnixTimestamp(hour)) * 1000000", bucket);
+        if !split.is_empty() {
+            let p = sql.bind("Array(Int64)", split.clone());
+            hours.push_str(&format!(
+                " AND NOT has({p}, intDiv(toInt64(toUnixTimestamp(hour)), 3600))"
+            ));
+        }
+        let b = bucket_of(sql, "toInt64(toUnixTimestamp(hour)) * 1000000", axis);
         parts.push(rollup(sql, &hours, &b));
     }
-    let edges = raw_edges(sql, raw_time, window);
-    let b = bucket_of(sql, &format!("toUnixTimestamp64Micro({raw_time})"), bucket);
+    let edges = raw_edges(sql, raw_time, window, &split);
+    let b = bucket_of(sql, &format!("toUnixTimestamp64Micro({raw_time})"), axis);
     parts.push(raw(sql, &edges, &b));
     parts.join(" UNION ALL ")
 }
@@ -419,17 +444,17 @@ pub async fn task_runs(
     db: &Db,
     tenant: Tenant,
     window: &Window,
-    bucket: Bucket,
+    axis: &Axis,
     filters: &RunFilters,
 ) -> Result<Vec<TaskStateRow>, ApiError> {
     if !filters.tag.is_empty() {
-        return task_runs_raw(db, tenant, window, bucket, filters).await;
+        return task_runs_raw(db, tenant, window, axis, filters).await;
     }
     let mut sql = Sql::new(tenant);
     let parts = rollup_and_edges(
         &mut sql,
         window,
-        bucket,
+        axis,
         "occurred",
         |sql, hours, b| {
             let filters = column_filters(sql, filters);
@@ -463,12 +488,12 @@ async fn task_runs_raw(
     db: &Db,
     tenant: Tenant,
     window: &Window,
-    bucket: Bucket,
+    axis: &Axis,
     filters: &RunFilters,
 ) -> Result<Vec<TaskStateRow>, ApiError> {
     let mut sql = Sql::new(tenant);
     let w = in_window(&mut sql, "occurred", window);
-    let b = bucket_of(&mut sql, "toUnixTimestamp64Micro(occurred)", bucket);
+    let b = bucket_of(&mut sql, "toUnixTimestamp64Micro(occurred)", axis);
     let mut having = Vec::new();
     for (values, column) in [
         (&filters.flow, "flow_id"),
@@ -509,7 +534,7 @@ pub async fn log_counts(
     db: &Db,
     tenant: Tenant,
     window: &Window,
-    bucket: Bucket,
+    axis: &Axis,
     filters: &RunFilters,
 ) -> Result<Vec<LogCountRow>, ApiError> {
     let mut sql = Sql::new(tenant);
@@ -524,20 +549,23 @@ pub async fn log_counts(
     } else {
         format!(" AND isNotNull(flow_run_id){run_condition}")
     };
+    // Distinct ids: a line stored twice and not merged yet counts once, in the rollup
+    // (`uniqExact` states of the ids) as in the raw edges.
     let parts = rollup_and_edges(
         &mut sql,
         window,
-        bucket,
+        axis,
         "timestamp",
         |_, hours, b| {
             format!(
-                "SELECT {b} AS bucket, level, toUInt64(logs) AS lines FROM log_counts_hourly
-                 WHERE {TENANT} AND {hours}{run_condition}"
+                "SELECT {b} AS bucket, level, uniqExactMerge(log_ids) AS lines FROM log_counts_hourly
+                 WHERE {TENANT} AND {hours}{run_condition}
+                 GROUP BY bucket, level"
             )
         },
         |_, edges, b| {
             format!(
-                "SELECT {b} AS bucket, level, count() AS lines FROM logs
+                "SELECT {b} AS bucket, level, uniqExact(id) AS lines FROM logs
                  WHERE {TENANT} AND {edges}{raw_run_condition}
                  GROUP BY bucket, level"
             )

@@ -17,14 +17,25 @@ pub struct WindowOut {
     #[schema(value_type = String, format = DateTime)]
     pub until: i64,
     pub bucket: Bucket,
+    /// The time zone of day buckets (an IANA name).
+    pub tz: String,
+    /// When this answer was computed. A cached answer is served for a while after (the `Age`
+    /// header says how long, at most the freshness plus `FLOWHOUSE_QUERY_CACHE_MAX_STALE`);
+    /// it equals a fresh computation at this instant.
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub computed_at: i64,
 }
 
 impl WindowOut {
+    /// The window of `params`, computed now.
     pub fn of(params: &MetricParams) -> Self {
         Self {
             since: params.window.since,
             until: params.window.until,
             bucket: params.bucket,
+            tz: params.tz.name().to_string(),
+            computed_at: crate::window::now_micros(),
         }
     }
 }
@@ -105,6 +116,10 @@ pub struct DurationsResponse {
 pub struct Failing {
     pub id: String,
     pub name: String,
+    /// `by=deployment` only: the name of the deployment's flow, so that two flows' deployments
+    /// of the same name are told apart ("flow / deployment").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_name: Option<String>,
     pub failures: u64,
 }
 

@@ -4,10 +4,10 @@
 //!
 //! As in Prefect, a run falls in the interval of its expected start time (Flowhouse: the
 //! earliest scheduled time of its `Scheduled` events, else its first event) and is counted
-//! under its current state (its latest event). Its state type is the event's
-//! `prefect.state-type` when that event is its last terminal one; otherwise the rollup keeps
-//! only the state's name, and the type is Prefect's type of that name (`Late` → SCHEDULED,
-//! `Retrying` → RUNNING, ...; unknown names upper-cased). Estimated run time is the time from
+//! under its current state (its latest state event; Prefect's other flow-run events, such as
+//! heartbeats, are not states). Its state type is that event's `prefect.state-type`; for an
+//! event without one, Prefect's type of the state's name (`Late` → SCHEDULED, `Retrying` →
+//! RUNNING, ...; unknown names upper-cased). Estimated run time is the time from
 //! the first Running event to the latest event (0 if it never ran); estimated lateness is
 //! `max(0, start − expected start)` (0 if it never started). Intervals: at most 500, as Prefect.
 //!
@@ -62,6 +62,7 @@ const HISTORY_COLUMNS: &[&str] = &[
     "final_name",
     "final_type",
     "last_name",
+    "last_type",
 ];
 
 /// `POST /flow_runs/history` body.
@@ -219,8 +220,9 @@ pub async fn flow_run_history(
                     toInt64(sum(run_micros)) AS run_time, toInt64(sum(lateness_micros)) AS lateness
              FROM (
                 SELECT *, ifNull(expected, seen_first) AS anchor, last_name AS state_name,
-                    if(isNotNull(ended) AND ended = seen_last, final_type,
-                       transform(last_name, {STATE_NAMES}, {STATE_TYPES}, upper(last_name))) AS state_type,
+                    if(last_type != '', last_type,
+                       if(isNotNull(ended) AND ended = seen_last, final_type,
+                          transform(last_name, {STATE_NAMES}, {STATE_TYPES}, upper(last_name)))) AS state_type,
                     if(isNull(started), toInt64(0),
                        toUnixTimestamp64Micro(seen_last) - toUnixTimestamp64Micro(assumeNotNull(started))) AS run_micros,
                     if(isNull(started) OR isNull(expected), toInt64(0),

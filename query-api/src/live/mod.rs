@@ -271,6 +271,7 @@ mod tests {
             account_id: uuid::Uuid::nil(),
             workspace_id: uuid::Uuid::nil(),
             timestamp: Utc::now(),
+            id: uuid::Uuid::nil(),
             received: Utc::now(),
             level: 20,
             name: "n".into(),

@@ -250,6 +250,7 @@ mod tests {
             account_id: Uuid::nil(),
             workspace_id: Uuid::nil(),
             timestamp: "2026-01-01T00:00:00Z".parse().unwrap(),
+            id: Uuid::nil(),
             received: "2026-01-01T00:00:01Z".parse().unwrap(),
             level,
             name: "prefect.flow_runs".into(),

@@ -1,8 +1,10 @@
 //! `POST /logs/filter` (prefect/server/api/logs.py): `{logs: LogFilter, sort, limit, offset}`
 //! → a list of Prefect `Log` objects.
 //!
-//! Flowhouse stores no log ids; each log gets a stable one derived from its content and tenant
-//! (the same line always has the same id), and `created`/`updated` are when it was received.
+//! A log's `id` is the one it was stored with: Prefect's own when it came from a Prefect server
+//! (`flowhouse mirror prefect`), else derived from its tenant and content at ingest (the same
+//! line always has the same id). The table keeps one row per id (ReplacingMergeTree, read with
+//! `FINAL`), so a line sent twice is answered once. `created`/`updated` are when it was received.
 //! As in Prefect, there is no default time window (the table's retention bounds a search);
 //! `limit` is 200 by default and at most 200 (Prefect's messages), `offset` at most the
 //! configured result-row limit (Flowhouse's own bound on deep paging).
@@ -15,7 +17,6 @@ use axum::response::Response;
 use flowhouse_schema::Tenant;
 use flowhouse_schema::rows::LogRow;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -75,35 +76,11 @@ pub struct Log {
     pub worker_id: Option<Uuid>,
 }
 
-/// A stable id for a log line: the same tenant and content give the same id.
-fn log_id(row: &LogRow) -> Uuid {
-    let mut hash = Sha256::new();
-    for part in [
-        row.account_id.as_bytes().as_slice(),
-        row.workspace_id.as_bytes(),
-        &row.timestamp.timestamp_micros().to_le_bytes(),
-        &row.received.timestamp_micros().to_le_bytes(),
-        &[row.level],
-        row.name.as_bytes(),
-        &[0],
-        row.message.as_bytes(),
-        &[0],
-        row.flow_run_id.unwrap_or_default().as_bytes(),
-        row.task_run_id.unwrap_or_default().as_bytes(),
-    ] {
-        hash.update(part);
-    }
-    let digest = hash.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
-
 impl From<LogRow> for Log {
     fn from(row: LogRow) -> Self {
         let received = window::rfc3339(row.received.timestamp_micros());
         Self {
-            id: log_id(&row),
+            id: row.id,
             created: received.clone(),
             updated: received,
             level: row.level,
@@ -139,13 +116,12 @@ async fn read_logs(
     };
     let limit = sql.bind("UInt64", q.limit);
     let offset = sql.bind("UInt64", q.offset);
-    // Ties on timestamp are ordered by content, so offset paging is deterministic.
+    // Ties on timestamp are ordered by id, so offset paging is deterministic.
     sql.push(&format!(
-        "SELECT account_id, workspace_id, timestamp, received, level, name, message,
+        "SELECT account_id, workspace_id, timestamp, id, received, level, name, message,
                 flow_run_id, task_run_id, worker_id
-         FROM logs WHERE {TENANT} AND {condition}
-         ORDER BY timestamp {order}, received {order}, level {order},
-                  cityHash64(name, message, flow_run_id, task_run_id) {order}
+         FROM logs FINAL WHERE {TENANT} AND {condition}
+         ORDER BY timestamp {order}, id {order}
          LIMIT {limit} OFFSET {offset}"
     ));
     state.db.fetch("logs_filter", &sql).await
@@ -164,10 +140,10 @@ pub(crate) async fn read_recent(
     let since = sql.bind_micros(since);
     let limit = sql.bind("UInt64", state.settings.max_result_rows);
     sql.push(&format!(
-        "SELECT account_id, workspace_id, timestamp, received, level, name, message,
+        "SELECT account_id, workspace_id, timestamp, id, received, level, name, message,
                 flow_run_id, task_run_id, worker_id
-         FROM logs WHERE {TENANT} AND timestamp >= {since} AND {condition}
-         ORDER BY timestamp ASC, received ASC LIMIT {limit}"
+         FROM logs FINAL WHERE {TENANT} AND timestamp >= {since} AND {condition}
+         ORDER BY timestamp ASC, id ASC LIMIT {limit}"
     ));
     state.db.fetch("logs_backfill", &sql).await
 }

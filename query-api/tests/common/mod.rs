@@ -34,12 +34,24 @@ pub struct Harness {
     /// A key with only the `write` scope on tenant 0.
     pub write_only_key: String,
     pub base_url: String,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    pub admin_url: String,
     pub state: AppState,
     pub http: reqwest::Client,
     pub events: Vec<Ev>,
     pub logs: Vec<Lg>,
     /// Start of the generated data (a day boundary, 6 days ago).
     pub base: i64,
+}
+
+/// Serves `app` on a free loopback port.
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
 }
 
 fn record(key: &str, tenant: Tenant, scopes: Vec<Scope>) -> KeyRecord {
@@ -65,6 +77,16 @@ pub fn new_tenant() -> Tenant {
 impl Harness {
     /// A fresh database with the schema, `tenants` tenants with keys, and the API serving it.
     pub async fn start(prefix: &str, tenants: usize, settings: Settings) -> Self {
+        Self::start_live(prefix, tenants, settings, None).await
+    }
+
+    /// [`Harness::start`] with, when given, a live feed for the subscriber websockets.
+    pub async fn start_live(
+        prefix: &str,
+        tenants: usize,
+        settings: Settings,
+        feed: Option<Feed>,
+    ) -> Self {
         // Two tenants share an account, so that workspace scoping is tested, not only accounts.
         let mut list: Vec<Tenant> = (0..tenants).map(|_| new_tenant()).collect();
         if tenants > 1 {
@@ -84,7 +106,7 @@ impl Harness {
             .collect();
         keys.push(record(&write_only_key, list[0], vec![Scope::Write]));
         let keys = Keys::fixed(KeySet::from_file(&KeysFile { version: 1, keys }));
-        Self::serve(prefix, tenant_keys, write_only_key, keys, settings, None).await
+        Self::serve(prefix, tenant_keys, write_only_key, keys, settings, feed).await
     }
 
     /// The API over `keys` (tenants' keys live there, not in the harness) and, when given, a
@@ -131,12 +153,8 @@ impl Harness {
         }
         let readiness = Readiness::default();
         readiness.ready("test");
-        let app = router(state.clone(), readiness);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let addr = serve(router(state.clone())).await;
+        let admin_addr = serve(flowhouse_service::admin::routes(readiness)).await;
         let now = chrono::Utc::now().timestamp_micros();
         Self {
             stack,
@@ -145,6 +163,7 @@ impl Harness {
             tenants: tenant_keys,
             write_only_key,
             base_url: format!("http://{addr}"),
+            admin_url: format!("http://{admin_addr}"),
             state,
             http: reqwest::Client::new(),
             events: Vec::new(),
@@ -291,7 +310,7 @@ impl Harness {
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self
             .http
-            .get(format!("{}/metrics", self.base_url))
+            .get(format!("{}/metrics", self.admin_url))
             .send()
             .await
             .unwrap()

@@ -94,7 +94,7 @@ pub fn task_runs() -> String {
 }
 
 pub fn log_levels() -> String {
-    "SELECT level, count() AS n FROM logs
+    "SELECT level, count() AS n FROM logs FINAL
      WHERE account_id = {a:UUID} AND workspace_id = {w:UUID}
        AND toUnixTimestamp64Micro(timestamp) >= {since:Int64}
        AND toUnixTimestamp64Micro(timestamp) < {until:Int64}

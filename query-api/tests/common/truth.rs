@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use chrono::TimeZone as _;
 use flowhouse_schema::Tenant;
 
 use super::workload::{Ev, Lg};
@@ -209,13 +210,61 @@ pub fn bucket(t: i64, width: i64) -> i64 {
     t.div_euclid(width) * width
 }
 
+/// How the expectations put a timestamp in a bucket: UTC buckets of a fixed width, or the local
+/// calendar days of a zone, straight from the zone's local dates (chrono-tz), independently of
+/// the server's offset segments.
+#[derive(Clone, Copy, Debug)]
+pub enum Buckets {
+    Width(i64),
+    Days(chrono_tz::Tz),
+}
+
+impl Buckets {
+    /// The start of the bucket holding `t`.
+    pub fn start(&self, t: i64) -> i64 {
+        match self {
+            Buckets::Width(width) => bucket(t, *width),
+            Buckets::Days(tz) => local_midnight(*tz, tz.timestamp_micros(t).unwrap().date_naive()),
+        }
+    }
+
+    /// Every bucket start in `[start(since), until)`: the gap-filled axis.
+    pub fn axis(&self, since: i64, until: i64) -> Vec<i64> {
+        let mut starts = vec![self.start(since)];
+        loop {
+            let last = *starts.last().unwrap();
+            // The next bucket starts within 26 hours (the longest local day is 25).
+            let next = match self {
+                Buckets::Width(width) => last + width,
+                Buckets::Days(tz) => {
+                    let date = tz.timestamp_micros(last).unwrap().date_naive();
+                    local_midnight(*tz, date.succ_opt().unwrap())
+                }
+            };
+            if next >= until {
+                return starts;
+            }
+            starts.push(next);
+        }
+    }
+}
+
+/// The instant of local midnight on `date` (the test zones have one every day).
+fn local_midnight(tz: chrono_tz::Tz, date: chrono::NaiveDate) -> i64 {
+    use chrono::offset::LocalResult;
+    match tz.from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap()) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.timestamp_micros(),
+        LocalResult::None => panic!("{tz} skips midnight on {date}; pick another test zone"),
+    }
+}
+
 /// Flow runs by final state: (type, name) → count, in total and per bucket start.
 pub fn by_final_state(
     runs: &BTreeMap<String, Run>,
     f: &Filters,
     since: i64,
     until: i64,
-    width: i64,
+    buckets: &Buckets,
 ) -> (
     BTreeMap<(String, String), u64>,
     BTreeMap<i64, BTreeMap<(String, String), u64>>,
@@ -228,7 +277,7 @@ pub fn by_final_state(
         let key = (run.final_type.clone(), run.final_name.clone());
         *totals.entry(key.clone()).or_insert(0) += 1;
         *series
-            .entry(bucket(run.end.unwrap(), width))
+            .entry(buckets.start(run.end.unwrap()))
             .or_default()
             .entry(key)
             .or_insert(0) += 1;
@@ -241,14 +290,14 @@ pub fn late(
     f: &Filters,
     since: i64,
     until: i64,
-    width: i64,
+    buckets: &Buckets,
 ) -> BTreeMap<i64, u64> {
     let mut series = BTreeMap::new();
     for run in runs
         .values()
         .filter(|r| f.keeps(r) && in_window(r.late, since, until))
     {
-        *series.entry(bucket(run.late.unwrap(), width)).or_insert(0) += 1;
+        *series.entry(buckets.start(run.late.unwrap())).or_insert(0) += 1;
     }
     series
 }
@@ -307,6 +356,12 @@ pub fn top_failing(
             "deployment" => (&run.deployment, &run.deployment_name),
             _ => (&run.work_pool, &run.work_pool_name),
         };
+        let name = if by == "deployment" {
+            // Shown as "flow / deployment": the flow's name travels with it.
+            &format!("{} / {name}", run.flow_name)
+        } else {
+            name
+        };
         if id.is_empty() {
             continue;
         }
@@ -331,7 +386,7 @@ pub fn task_runs(
     f: &Filters,
     since: i64,
     until: i64,
-    width: i64,
+    buckets: &Buckets,
 ) -> (BTreeMap<String, u64>, BTreeMap<i64, BTreeMap<String, u64>>) {
     let runs = runs(events, tenant, "task-run");
     let mut totals: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -350,7 +405,7 @@ pub fn task_runs(
         }
         totals.entry(ty.clone()).or_default().insert(id.clone());
         series
-            .entry(bucket(ev.occurred, width))
+            .entry(buckets.start(ev.occurred))
             .or_default()
             .entry(ty)
             .or_default()
@@ -378,7 +433,7 @@ pub fn log_levels(
     filtered: bool,
     since: i64,
     until: i64,
-    width: i64,
+    buckets: &Buckets,
 ) -> (BTreeMap<u8, u64>, BTreeMap<i64, BTreeMap<u8, u64>>) {
     let (mut totals, mut series) = (BTreeMap::new(), BTreeMap::<i64, BTreeMap<u8, u64>>::new());
     for lg in logs
@@ -395,7 +450,7 @@ pub fn log_levels(
         }
         *totals.entry(lg.level).or_insert(0) += 1;
         *series
-            .entry(bucket(lg.timestamp, width))
+            .entry(buckets.start(lg.timestamp))
             .or_default()
             .entry(lg.level)
             .or_insert(0) += 1;

@@ -77,10 +77,11 @@ impl Ev {
 
 impl Lg {
     pub fn row(&self) -> LogRow {
-        LogRow {
+        let mut row = LogRow {
             account_id: self.tenant.account_id,
             workspace_id: self.tenant.workspace_id,
             timestamp: time(self.timestamp),
+            id: Uuid::nil(),
             received: time(self.timestamp + SECOND),
             level: self.level,
             name: self.name.clone(),
@@ -88,7 +89,9 @@ impl Lg {
             flow_run_id: self.flow_run_id,
             task_run_id: self.task_run_id,
             worker_id: None,
-        }
+        };
+        row.id = flowhouse_schema::rows::log_content_id(&row);
+        row
     }
 }
 
