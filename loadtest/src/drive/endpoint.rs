@@ -174,6 +174,7 @@ async fn post(request: Post, tally: Arc<Tally>) {
                 let status = response.status();
                 if !last && matches!(status.as_u16(), 401 | 429 | 502 | 503 | 504) {
                     drop(pass);
+                    tally.retry(messages, format!("HTTP {}", status.as_u16()));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(max_retry_delay);
                     continue;
@@ -188,6 +189,14 @@ async fn post(request: Post, tally: Arc<Tally>) {
                         || (retry_cut && error.is_request() && !error.is_timeout())) =>
             {
                 drop(pass);
+                tally.retry(
+                    messages,
+                    if error.is_connect() {
+                        "cannot connect"
+                    } else {
+                        "connection cut before an answer"
+                    },
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(max_retry_delay);
             }

@@ -286,7 +286,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if stats.messages_failed > 0 {
         if let Some((services, report)) = chaos {
-            chaos::report::print(&chaos::conclude(services, report, &clickhouse, &truth).await);
+            chaos::report::print(&chaos::conclude(services, report, &clickhouse, &truth, &stats).await);
         }
         bail!(
             "{} of {} messages were not acknowledged: {:?}",
@@ -307,7 +307,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Err(error) => {
                 // What the raw tables hold says more than "not visible": lost or duplicated.
                 if let Some((services, report)) = chaos {
-                    let report = chaos::conclude(services, report, &clickhouse, &truth).await;
+                    let report = chaos::conclude(services, report, &clickhouse, &truth, &stats).await;
                     chaos::report::print(&report);
                 }
                 return Err(error);
@@ -340,7 +340,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let chaos = match chaos {
         Some((services, report)) => {
             progress.println("chaos: counting raw rows per tenant, stopping the services");
-            Some(chaos::conclude(services, report, &clickhouse, &truth).await)
+            Some(chaos::conclude(services, report, &clickhouse, &truth, &stats).await)
         }
         None => None,
     };

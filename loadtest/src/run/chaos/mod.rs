@@ -334,7 +334,9 @@ pub async fn conclude(
     mut report: ChaosReport,
     clickhouse: &clickhouse::Client,
     truth: &crate::truth::GroundTruth,
+    stats: &crate::drive::DriveStats,
 ) -> ChaosReport {
+    report.resent = stats.retried.clone();
     report.raw_counts = match raw::verify(clickhouse, truth).await {
         Ok(raw) => Some(raw),
         Err(error) => {
@@ -491,6 +493,7 @@ async fn inject(
             while_sending,
             injected_at_secs: since_start(injected),
             restored_at_secs: since_start(restored),
+            ingestion_resumed_secs: None,
             ingestion_recovery_secs: None,
             endpoint_recovery_secs: None,
             recovery_secs: None,
@@ -518,12 +521,12 @@ async fn measure(context: Arc<Context>, injected: Injected) -> FaultRecord {
         record.kind,
         FaultKind::EndpointRestart | FaultKind::BrokerRestart
     );
-    let (ingestion_at, endpoint_at) = tokio::join!(
+    let ((resumed_at, ingestion_at), endpoint_at) = tokio::join!(
         async {
             if ingestion {
                 ingestion_recovered(&context, deadline).await
             } else {
-                None
+                (None, None)
             }
         },
         async {
@@ -540,6 +543,7 @@ async fn measure(context: Arc<Context>, injected: Injected) -> FaultRecord {
         (true, false) => ingestion_at,
         _ => endpoint_at,
     };
+    record.ingestion_resumed_secs = since(resumed_at);
     record.ingestion_recovery_secs = since(ingestion_at);
     record.endpoint_recovery_secs = since(endpoint_at);
     record.recovery_secs = since(recovery);
@@ -579,18 +583,32 @@ async fn positions_by(context: &Context, deadline: Instant) -> Option<Positions>
     }
 }
 
-/// When every partition with messages waiting had moved since now (see [`probe`]).
-async fn ingestion_recovered(context: &Context, deadline: Instant) -> Option<Instant> {
-    let baseline = positions_by(context, deadline).await?;
+/// When ingestion resumed (every partition with messages waiting had moved since now) and
+/// when it caught up (every partition consumed up to where it ended now); see [`probe`].
+async fn ingestion_recovered(
+    context: &Context,
+    deadline: Instant,
+) -> (Option<Instant>, Option<Instant>) {
+    let Some(baseline) = positions_by(context, deadline).await else {
+        return (None, None);
+    };
+    let mut resumed = None;
     loop {
-        let now = positions_by(context, deadline).await?;
+        let Some(now) = positions_by(context, deadline).await else {
+            return (resumed, None);
+        };
         let stalled = probe::stalled(&baseline, &now);
-        if stalled.is_empty() {
-            return Some(Instant::now());
+        if resumed.is_none() && stalled.is_empty() {
+            resumed = Some(Instant::now());
+        }
+        let behind = probe::behind(&baseline, &now);
+        if behind.is_empty() {
+            let caught_up = Instant::now();
+            return (resumed.or(Some(caught_up)), Some(caught_up));
         }
         if Instant::now() >= deadline {
-            tracing::warn!(?stalled, "chaos: partitions still without progress");
-            return None;
+            tracing::warn!(?stalled, ?behind, "chaos: partitions still without progress");
+            return (resumed, None);
         }
         tokio::time::sleep(POLL).await;
     }

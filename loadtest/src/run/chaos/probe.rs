@@ -1,8 +1,14 @@
-//! When has ingestion recovered from a fault? When every partition with messages waiting has
-//! made progress since the fault: its owner recorded a new batch range in the manifest
-//! (`ingest_batches`) or committed a new offset. That is the same progress marker the ingest
-//! watchdog uses to tell a live owner from a dead one, seen from outside: the broker says where
-//! each partition ends and what the group committed, ClickHouse what was recorded.
+//! When has ingestion recovered from a fault? Two moments, seen from outside: the broker says
+//! where each partition ends and what the group committed, ClickHouse what the manifest
+//! (`ingest_batches`) recorded.
+//!
+//! - Resumed ([`stalled`] is empty): every partition with messages waiting has made progress
+//!   since the component was back: its owner recorded a new batch range or committed a new
+//!   offset. The same progress marker the ingest watchdog uses to tell a live owner from a
+//!   dead one.
+//! - Caught up ([`behind`] is empty): every partition has been consumed up to where it ended
+//!   when the component was back: the lag the fault built up is gone (new messages keep coming
+//!   during a run, so "lag zero" is measured against that moment's end of each log).
 //!
 //! Rows merely becoming visible somewhere would not do: with two instances, the survivor keeps
 //! inserting its own partitions while the killed one's sit unowned.
@@ -44,6 +50,13 @@ impl Position {
     fn marker(&self) -> (Option<i64>, Option<i64>) {
         (self.committed, self.recorded)
     }
+
+    /// The offset up to which the group has taken the partition: its commit, or the end of its
+    /// latest recorded range (recorded before the insert, which follows at once).
+    fn consumed(&self) -> i64 {
+        let recorded = self.recorded.map_or(0, |last| last + 1);
+        self.committed.unwrap_or(0).max(recorded).max(self.low)
+    }
 }
 
 pub type Positions = BTreeMap<Partition, Position>;
@@ -56,6 +69,19 @@ pub fn stalled(baseline: &Positions, now: &Positions) -> Vec<Partition> {
         .filter(|(partition, position)| {
             let before = baseline.get(*partition).copied().unwrap_or_default();
             position.waiting() && position.marker() == before.marker()
+        })
+        .map(|(partition, _)| partition.clone())
+        .collect()
+}
+
+/// The partitions not yet consumed up to where they ended in `target`: empty once the lag
+/// `target` saw is gone.
+pub fn behind(target: &Positions, now: &Positions) -> Vec<Partition> {
+    target
+        .iter()
+        .filter(|(partition, end)| {
+            let consumed = now.get(*partition).map_or(0, Position::consumed);
+            consumed < end.high
         })
         .map(|(partition, _)| partition.clone())
         .collect()
@@ -215,6 +241,20 @@ mod tests {
             },
         )]);
         assert!(stalled(&truncated, &truncated).is_empty());
+    }
+
+    #[test]
+    fn caught_up_once_consumed_to_the_end_the_target_saw() {
+        let target = positions(&[(0, at(100, Some(50), None)), (1, at(10, Some(10), None))]);
+        // New messages past the target's end do not count.
+        let now = positions(&[(0, at(130, Some(80), Some(90))), (1, at(20, Some(10), None))]);
+        assert_eq!(behind(&target, &now), vec![("t".to_string(), 0)]);
+        let now = positions(&[(0, at(130, Some(80), Some(99))), (1, at(20, Some(10), None))]);
+        assert!(behind(&target, &now).is_empty());
+        let committed = positions(&[(0, at(130, Some(100), None)), (1, at(20, Some(12), None))]);
+        assert!(behind(&target, &committed).is_empty());
+        // A partition the probe could not see is behind.
+        assert_eq!(behind(&target, &Positions::new()).len(), 1);
     }
 
     #[test]

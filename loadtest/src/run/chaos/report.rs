@@ -27,6 +27,10 @@ pub struct FaultRecord {
     pub restored_at_secs: f64,
     /// Until ingestion progressed again: every partition with messages waiting moved since
     /// the component was back (ingest kills, ClickHouse and broker restarts).
+    #[serde(default)]
+    pub ingestion_resumed_secs: Option<f64>,
+    /// Until ingestion caught up: every partition consumed up to where it ended when the
+    /// component was back, the lag the fault built up gone (same faults).
     pub ingestion_recovery_secs: Option<f64>,
     /// Until the endpoint accepted again: its `/readyz` answered 200 (endpoint and broker
     /// restarts).
@@ -66,6 +70,11 @@ pub struct ChaosReport {
     pub stopped: Option<String>,
     /// Raw rows per tenant against the generator (`None` if they could not be counted).
     pub raw_counts: Option<RawCounts>,
+    /// Messages the driver sent again after a restart refused them (connection refused or
+    /// cut before an answer, 503), by reason. The ground truth is everything generated: each
+    /// resent message was acknowledged in the end (or the run failed), none is left out.
+    #[serde(default)]
+    pub resent: BTreeMap<String, u64>,
     /// Services that did not exit cleanly at the end.
     pub unclean_exits: Vec<String>,
     /// The services' logs.
@@ -149,19 +158,20 @@ pub fn print(chaos: &ChaosReport) {
         chaos.seed
     );
     println!(
-        "  {:>3} {:<20} {:<11} {:>8} {:>6} {:>10} {:>10} {:>10}  overlapped by",
-        "#", "fault", "target", "at", "share", "ingestion", "endpoint", "recovery"
+        "  {:>3} {:<20} {:<11} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}  overlapped by",
+        "#", "fault", "target", "at", "share", "resumed", "caught up", "endpoint", "recovery"
     );
     for f in &chaos.faults {
         let overlaps: Vec<String> = f.overlapped_by.iter().map(ToString::to_string).collect();
         println!(
-            "  {:>3} {:<20} {:<11} {:>6.1} s {:>5.0}%{} {:>10} {:>10} {:>10}  {}",
+            "  {:>3} {:<20} {:<11} {:>6.1} s {:>5.0}%{} {:>10} {:>10} {:>10} {:>10}  {}",
             f.index,
             f.kind.name(),
             f.target,
             f.injected_at_secs,
             f.at_fraction * 100.0,
             if f.while_sending { " " } else { "*" },
+            secs(f.ingestion_resumed_secs),
             secs(f.ingestion_recovery_secs),
             secs(f.endpoint_recovery_secs),
             secs(f.recovery_secs),
@@ -177,6 +187,19 @@ pub fn print(chaos: &ChaosReport) {
             s.recovered, s.faults, s.min_secs, s.mean_secs, s.max_secs
         );
     }
+    let resent: u64 = chaos.resent.values().sum();
+    if resent > 0 {
+        let reasons: Vec<String> = chaos
+            .resent
+            .iter()
+            .map(|(reason, n)| format!("{n} after {reason}"))
+            .collect();
+        println!(
+            "  resent by the driver until acknowledged: {resent} messages ({}); the ground \
+             truth holds every generated message",
+            reasons.join(", ")
+        );
+    }
     if let Some(stopped) = &chaos.stopped {
         println!("  STOPPED: {stopped}");
     }
@@ -185,14 +208,16 @@ pub fn print(chaos: &ChaosReport) {
     }
     match &chaos.raw_counts {
         Some(raw) if raw.verified => println!(
-            "  raw counts: {} tenants exact: events FINAL {} distinct ids of {}, log rows {} of {} \
-             ({} event copies not merged yet)",
+            "  raw counts: {} tenants exact: events FINAL {} distinct ids of {} generated, \
+             logs FINAL {} of {} (0 lost, 0 duplicated; copies not merged yet: {} events, \
+             {} log lines)",
             raw.tenants.len(),
             raw.events_final_distinct_ids,
             raw.events_expected,
-            raw.logs_rows,
+            raw.logs_final_distinct_ids,
             raw.logs_expected,
-            raw.events_unmerged_copies
+            raw.events_unmerged_copies,
+            raw.logs_unmerged_copies,
         ),
         Some(raw) => {
             println!("  RAW COUNTS DIFFER from the generator:");
@@ -221,6 +246,7 @@ mod tests {
             while_sending: true,
             injected_at_secs: 1.0,
             restored_at_secs: 1.0,
+            ingestion_resumed_secs: recovery,
             ingestion_recovery_secs: recovery,
             endpoint_recovery_secs: None,
             recovery_secs: recovery,

@@ -145,11 +145,13 @@ impl Services {
 
     fn start_endpoint(&mut self) -> anyhow::Result<u32> {
         let listen = self.config.endpoint_listen.clone();
+        let admin = format!("127.0.0.1:{}", free_port()?);
         let child = self.spawn(
             "endpoint",
             &["endpoint"],
             &[
-                ("FLOWHOUSE_ENDPOINT_LISTEN", listen.clone()),
+                ("FLOWHOUSE_ENDPOINT_LISTEN", listen),
+                ("FLOWHOUSE_ENDPOINT_ADMIN_LISTEN", admin.clone()),
                 (
                     "FLOWHOUSE_KEYS_FILE",
                     self.config.keys_file.display().to_string(),
@@ -161,7 +163,7 @@ impl Services {
         let running = Running {
             name: "endpoint".into(),
             child,
-            admin: listen,
+            admin,
         };
         let pid = running.pid();
         self.endpoint = Some(running);
