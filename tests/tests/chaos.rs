@@ -1,8 +1,12 @@
 //! `flowhouse loadtest run --chaos`, small, end to end, on a local stack of its own (it stops
-//! ClickHouse and the broker): two ingest instances in one consumer group, 10 kill -9s of either
-//! one, a restart each of ClickHouse, the broker and the endpoint, while a generated workload
-//! goes in over HTTP; then every metric card against the ground truth, and the raw rows, which
-//! this test also counts itself.
+//! ClickHouse and the broker): two ingest instances in one consumer group, kill -9s of each
+//! (KILLS in all; `make chaos` does 10), a restart each of ClickHouse, the broker and the
+//! endpoint, while a generated workload goes in over HTTP; then every metric card against the
+//! ground truth, and the raw rows, which this test also counts itself.
+//!
+//! Nothing here is timed: every wait in the run has a generous deadline (a fault may take
+//! minutes to recover on a loaded machine before the run calls it a stall), and the test only
+//! checks what happened, not how fast.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,10 +19,12 @@ use flowhouse_tests::{
 use serde_json::Value;
 
 /// Messages in the run, and their pace: the drive lasts about MESSAGES / RATE seconds, long
-/// enough for the 13 faults to come while it goes (each waits for the one before to recover),
-/// short enough for the test to stay within about three minutes.
-const MESSAGES: u64 = 24_000;
+/// enough for the faults to come while it goes, short enough for the test to stay within
+/// about three minutes.
+const MESSAGES: u64 = 16_000;
 const RATE: u64 = 200;
+/// kill -9s of the ingest instances (the plan kills each at least once).
+const KILLS: usize = 4;
 
 fn read_json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -101,6 +107,7 @@ async fn a_chaos_run_loses_and_duplicates_nothing() {
                 .args(["--dashboard-users", "2", "--dashboard-refresh", "2s"])
                 .args(["--freshness-every", "2s", "--visible-timeout", "4m"])
                 .args(["--no-baselines", "--chaos"])
+                .args(["--chaos-ingest-kills", &KILLS.to_string()])
                 .args(["--ingest-group", &unique_name("ingest")])
                 .arg("--flowhouse-bin")
                 .arg(flowhouse_binary())
@@ -155,8 +162,8 @@ async fn a_chaos_run_loses_and_duplicates_nothing() {
     // Every fault of the plan happened and recovered.
     let faults = chaos["faults"].as_array().expect("faults");
     let kinds = |kind: &str| faults.iter().filter(|f| f["kind"] == kind).count();
-    assert_eq!(faults.len(), 13, "{context}");
-    assert_eq!(kinds("ingest_kill"), 10, "{context}");
+    assert_eq!(faults.len(), KILLS + 3, "{context}");
+    assert_eq!(kinds("ingest_kill"), KILLS, "{context}");
     assert_eq!(kinds("clickhouse_restart"), 1, "{context}");
     assert_eq!(kinds("broker_restart"), 1, "{context}");
     assert_eq!(kinds("endpoint_restart"), 1, "{context}");
@@ -170,6 +177,23 @@ async fn a_chaos_run_loses_and_duplicates_nothing() {
         faults.iter().all(|f| f["recovery_secs"].is_number()),
         "{context}"
     );
+    // Each fault recovered in the way of its kind: ingestion caught up again after everything
+    // but the endpoint's restart, the endpoint ready again after its own and the broker's.
+    for fault in faults {
+        let kind = fault["kind"].as_str().unwrap_or_default();
+        let ingestion = kind != "endpoint_restart";
+        let endpoint = matches!(kind, "endpoint_restart" | "broker_restart");
+        assert_eq!(
+            fault["ingestion_recovery_secs"].is_number(),
+            ingestion,
+            "{fault:#}"
+        );
+        assert_eq!(
+            fault["endpoint_recovery_secs"].is_number(),
+            endpoint,
+            "{fault:#}"
+        );
+    }
     assert_eq!(chaos["stopped"], Value::Null, "{context}");
     assert_eq!(chaos["unclean_exits"], serde_json::json!([]), "{context}");
     assert_eq!(chaos["raw_counts"]["verified"], true, "{context}");

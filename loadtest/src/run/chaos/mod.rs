@@ -237,6 +237,7 @@ impl Chaos {
             None => std::env::current_exe().context("cannot tell this executable's path")?,
         };
         let endpoint_listen = listen_address(setup.endpoint_url)?;
+        let endpoint_admin = format!("127.0.0.1:{}", services::free_port()?);
         let log_dir = setup.out_dir.join("chaos");
         let seed = args.chaos_seed.unwrap_or(setup.seed);
         let instances = 2;
@@ -254,7 +255,8 @@ impl Chaos {
             ingest_instances: instances,
             ingest_group: args.ingest_group.clone(),
             session_timeout: args.chaos_session_timeout,
-            endpoint_listen: endpoint_listen.clone(),
+            endpoint_listen,
+            endpoint_admin: endpoint_admin.clone(),
             keys_file: setup.keys_file.to_path_buf(),
         })
         .await?;
@@ -293,7 +295,7 @@ impl Chaos {
                 http: reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
                     .build()?,
-                endpoint_ready_url: format!("http://{endpoint_listen}/readyz"),
+                endpoint_ready_url: format!("http://{endpoint_admin}/readyz"),
                 recovery_timeout: args.chaos_recovery_timeout,
                 gate: setup.gate,
                 live_broker_restart: args.chaos_live_broker_restart,

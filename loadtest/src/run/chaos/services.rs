@@ -28,6 +28,9 @@ pub struct ServicesConfig {
     pub session_timeout: Duration,
     /// `host:port` the endpoint listens on (from the run's `--endpoint-url`).
     pub endpoint_listen: String,
+    /// `host:port` of the endpoint's admin routes, the same across its restarts (the run
+    /// watches its `/readyz`).
+    pub endpoint_admin: String,
     pub keys_file: PathBuf,
 }
 
@@ -52,7 +55,7 @@ pub struct Services {
     http: reqwest::Client,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .context("no free port")?
@@ -145,7 +148,7 @@ impl Services {
 
     fn start_endpoint(&mut self) -> anyhow::Result<u32> {
         let listen = self.config.endpoint_listen.clone();
-        let admin = format!("127.0.0.1:{}", free_port()?);
+        let admin = self.config.endpoint_admin.clone();
         let child = self.spawn(
             "endpoint",
             &["endpoint"],
