@@ -235,7 +235,9 @@ async fn a_chaos_run_loses_and_duplicates_nothing() {
         // A log line's id is Prefect's or its content's: one stored twice is collapsed by
         // FINAL, one lost is missing from both counts.
         assert_eq!(
-            Some(count("SELECT uniqExact(id) FROM logs FINAL WHERE workspace_id = {ws:UUID}").await),
+            Some(
+                count("SELECT uniqExact(id) FROM logs FINAL WHERE workspace_id = {ws:UUID}").await
+            ),
             logs,
             "log lines of {ws}: {context}"
         );

@@ -286,7 +286,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if stats.messages_failed > 0 {
         if let Some((services, report)) = chaos {
-            chaos::report::print(&chaos::conclude(services, report, &clickhouse, &truth, &stats).await);
+            chaos::report::print(
+                &chaos::conclude(services, report, &clickhouse, &truth, &stats).await,
+            );
         }
         bail!(
             "{} of {} messages were not acknowledged: {:?}",
@@ -307,7 +309,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Err(error) => {
                 // What the raw tables hold says more than "not visible": lost or duplicated.
                 if let Some((services, report)) = chaos {
-                    let report = chaos::conclude(services, report, &clickhouse, &truth, &stats).await;
+                    let report =
+                        chaos::conclude(services, report, &clickhouse, &truth, &stats).await;
                     chaos::report::print(&report);
                 }
                 return Err(error);

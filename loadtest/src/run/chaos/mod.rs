@@ -609,7 +609,11 @@ async fn ingestion_recovered(
             return (resumed.or(Some(caught_up)), Some(caught_up));
         }
         if Instant::now() >= deadline {
-            tracing::warn!(?stalled, ?behind, "chaos: partitions still without progress");
+            tracing::warn!(
+                ?stalled,
+                ?behind,
+                "chaos: partitions still without progress"
+            );
             return (resumed, None);
         }
         tokio::time::sleep(POLL).await;

@@ -247,9 +247,15 @@ mod tests {
     fn caught_up_once_consumed_to_the_end_the_target_saw() {
         let target = positions(&[(0, at(100, Some(50), None)), (1, at(10, Some(10), None))]);
         // New messages past the target's end do not count.
-        let now = positions(&[(0, at(130, Some(80), Some(90))), (1, at(20, Some(10), None))]);
+        let now = positions(&[
+            (0, at(130, Some(80), Some(90))),
+            (1, at(20, Some(10), None)),
+        ]);
         assert_eq!(behind(&target, &now), vec![("t".to_string(), 0)]);
-        let now = positions(&[(0, at(130, Some(80), Some(99))), (1, at(20, Some(10), None))]);
+        let now = positions(&[
+            (0, at(130, Some(80), Some(99))),
+            (1, at(20, Some(10), None)),
+        ]);
         assert!(behind(&target, &now).is_empty());
         let committed = positions(&[(0, at(130, Some(100), None)), (1, at(20, Some(12), None))]);
         assert!(behind(&target, &committed).is_empty());

@@ -177,6 +177,7 @@ pub fn print(chaos: &ChaosReport) {
             secs(f.recovery_secs),
             overlaps.join(","),
         );
+        println!("        {}", f.detail);
     }
     if chaos.faults.iter().any(|f| !f.while_sending) {
         println!("  * after the last message was sent");
