@@ -19,6 +19,16 @@
 //! at-least-once by contract, and log lines (no id) would be stored twice. A clean stop finishes
 //! what it accepted; that is what a deploy does, and what the exact counts can hold it to.
 //!
+//! Why the driver pauses around the broker's restart (unless `--chaos-live-broker-restart`):
+//! tansu 0.6 with SQLite storage (the local stack's broker) does not survive a restart while a
+//! producer has requests in flight. Checked here (2026-11-28): the stopping broker panics
+//! (`tansu-storage` `service.rs`, "entered unreachable code"), and the restarted one panics in
+//! its storage (`lite.rs`, "more or less than one row") once the endpoint's idempotent producer
+//! reconnects; from then on every request fails with `Storage(UnableToSend)` although the
+//! process keeps running. Kafka and Redpanda are not known to do this; the pause keeps the
+//! fault about Flowhouse: ingest loses its broker (and its group) and must come back, the
+//! endpoint's producer reconnects.
+//!
 //! At the end, besides every metric card, [`raw`] counts rows per tenant against the
 //! generator. The `chaos` section of the report holds every fault with its recovery time.
 
@@ -96,8 +106,9 @@ pub struct ChaosArgs {
     /// component to be back, and may overlap (`overlapped_by` in the report).
     #[arg(long)]
     pub chaos_one_at_a_time: bool,
-    /// Restart the broker while the endpoint produces, instead of pausing the driver for it.
-    /// tansu 0.6 (the local stack's broker) does not survive that: see the module's notes.
+    /// Restart the broker while the endpoint produces, instead of pausing the driver for it
+    /// (for a real Kafka: tansu 0.6, the local stack's broker, breaks on it; see the module's
+    /// documentation).
     #[arg(long)]
     pub chaos_live_broker_restart: bool,
 }
