@@ -260,7 +260,7 @@ mod tests {
         let committed = positions(&[(0, at(130, Some(100), None)), (1, at(20, Some(12), None))]);
         assert!(behind(&target, &committed).is_empty());
         // A partition the probe could not see is behind.
-        assert_eq!(behind(&target, &Positions::new()).len(), 1);
+        assert_eq!(behind(&target, &Positions::new()).len(), 2);
     }
 
     #[test]
