@@ -158,19 +158,29 @@ pub fn print(chaos: &ChaosReport) {
         chaos.seed
     );
     println!(
-        "  {:>3} {:<20} {:<11} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}  overlapped by",
-        "#", "fault", "target", "at", "share", "resumed", "caught up", "endpoint", "recovery"
+        "  {:>3} {:<20} {:<11} {:>8} {:>6} {:>8} {:>10} {:>10} {:>10} {:>10}  overlapped by",
+        "#",
+        "fault",
+        "target",
+        "at",
+        "share",
+        "back",
+        "resumed",
+        "caught up",
+        "endpoint",
+        "recovery"
     );
     for f in &chaos.faults {
         let overlaps: Vec<String> = f.overlapped_by.iter().map(ToString::to_string).collect();
         println!(
-            "  {:>3} {:<20} {:<11} {:>6.1} s {:>5.0}%{} {:>10} {:>10} {:>10} {:>10}  {}",
+            "  {:>3} {:<20} {:<11} {:>6.1} s {:>5.0}%{} {:>6.1} s {:>10} {:>10} {:>10} {:>10}  {}",
             f.index,
             f.kind.name(),
             f.target,
             f.injected_at_secs,
             f.at_fraction * 100.0,
             if f.while_sending { " " } else { "*" },
+            f.restored_at_secs - f.injected_at_secs,
             secs(f.ingestion_resumed_secs),
             secs(f.ingestion_recovery_secs),
             secs(f.endpoint_recovery_secs),
@@ -182,6 +192,10 @@ pub fn print(chaos: &ChaosReport) {
     if chaos.faults.iter().any(|f| !f.while_sending) {
         println!("  * after the last message was sent");
     }
+    println!(
+        "  back: until the component was back (restarted, answering); the rest count from the \
+         fault itself"
+    );
     for (kind, s) in &chaos.by_kind {
         println!(
             "  {kind:<20} {} of {} recovered: min {:.1} s, mean {:.1} s, max {:.1} s",
