@@ -33,14 +33,7 @@ chaos:
 # at the end, pass or fail. The dashboard's browser tests are among them (headless Chromium, which
 # the stack installs on first use when it can, or names the command that does).
 test:
-	@set -euo pipefail; \
-	cargo fmt --all -- --check; \
-	export FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR); \
-	trap '$(STACK) reset' EXIT; \
-	eval "$$($(STACK) up)"; \
-	cargo clippy --workspace --all-targets --locked -- -D warnings; \
-	cargo test --workspace --locked; \
-	FUZZ_SECONDS=$${FUZZ_SECONDS:-10} deploy/local/fuzz
+	FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR) deploy/local/test
 
 # The OpenAPI contract at length: schemathesis with 500 examples per operation (make test: 25).
 contract:

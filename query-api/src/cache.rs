@@ -260,8 +260,13 @@ impl ResponseCache {
         if !claimed {
             return;
         }
-        let (cache, refreshing) = (cache.clone(), self.refreshing.clone());
+        let cache = cache.clone();
+        let claim = RefreshClaim {
+            key,
+            refreshing: self.refreshing.clone(),
+        };
         tokio::spawn(async move {
+            let key = &claim.key;
             let started = Instant::now();
             match load.await {
                 Ok(body) => {
@@ -276,8 +281,20 @@ impl ResponseCache {
                     tracing::warn!(route = key.route, %error, "background refresh failed");
                 }
             }
-            lock(&refreshing).remove(&key);
         });
+    }
+}
+
+/// A key's claim on its one background refresh, given back when the refresh ends, however it
+/// ends (a panicking load must not leave the key unrefreshable).
+struct RefreshClaim {
+    key: CacheKey,
+    refreshing: Arc<Mutex<HashSet<CacheKey>>>,
+}
+
+impl Drop for RefreshClaim {
+    fn drop(&mut self) {
+        lock(&self.refreshing).remove(&self.key);
     }
 }
 
@@ -467,6 +484,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(entry.body.as_ref(), b"old");
+        refreshed(&cache).await;
+        let (entry, outcome) = cache
+            .get_or_load(key(), Duration::from_secs(60), loader("unused", &runs))
+            .await
+            .unwrap();
+        assert_eq!((entry.body.as_ref(), outcome), (&b"new"[..], Outcome::Hit));
+    }
+
+    #[tokio::test]
+    async fn a_background_load_that_panics_leaves_the_key_refreshable() {
+        let cache = ResponseCache::new(policy());
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        cache
+            .get_or_load(key(), Duration::ZERO, loader("old", &runs))
+            .await
+            .unwrap();
+        let panicking = async { panic!("a bug in a loader") };
+        let (_, outcome) = cache
+            .get_or_load(key(), Duration::from_secs(60), panicking)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Stale);
+        refreshed(&cache).await;
+        cache
+            .get_or_load(key(), Duration::from_secs(60), loader("new", &runs))
+            .await
+            .unwrap();
         refreshed(&cache).await;
         let (entry, outcome) = cache
             .get_or_load(key(), Duration::from_secs(60), loader("unused", &runs))

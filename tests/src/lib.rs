@@ -317,6 +317,32 @@ impl ServiceProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until `{admin}/readyz` answers 200 (`admin`: the service's admin listener, as
+    /// `http://host:port`); fails with the service's log if it exits or is not ready `within`
+    /// (a liveness bound, not a performance assertion).
+    pub async fn wait_ready(&mut self, admin: &str, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(response) = http.get(format!("{admin}/readyz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                self.is_running(),
+                "the service behind {admin} exited:\n{}",
+                self.log_text()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service behind {admin} is not ready after {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
 }
 
 impl Drop for ServiceProcess {

@@ -1,7 +1,7 @@
 //! `flowhouse serve` as a process on a free port, with its own database, topics and keys: what
 //! the tests of Prefect clients and of the OpenAPI contract run against.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowhouse_keys::Scope;
 use flowhouse_schema::Tenant;
@@ -81,7 +81,7 @@ impl Served {
         ]);
         env.extend(extra_env.iter().cloned());
         let process = ServiceProcess::start(&["serve"], &env);
-        let served = Self {
+        let mut served = Self {
             process,
             port,
             admin_port,
@@ -93,7 +93,11 @@ impl Served {
             stack,
             _keys_dir: keys_dir,
         };
-        served.wait_ready().await;
+        let admin = served.admin_base();
+        served
+            .process
+            .wait_ready(&admin, Duration::from_secs(120))
+            .await;
         served
     }
 
@@ -123,27 +127,6 @@ impl Served {
             self.tenant.account_id,
             self.tenant.workspace_id
         )
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(response) = http
-                .get(format!("{}/readyz", self.admin_base()))
-                .send()
-                .await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flowhouse serve not ready in 120 s:\n{}",
-                self.process.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 
     /// Drops its database (at the end of a passing test).

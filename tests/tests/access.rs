@@ -31,13 +31,29 @@ async fn flowhouse(stack: &Stack, database: &str, args: &[&str], password: bool)
     command.output().await.expect("run flowhouse")
 }
 
-async fn format_query(client: &clickhouse::Client, sql: &str) -> String {
-    client
-        .query("SELECT formatQuery({q:String})")
-        .param("q", sql)
-        .fetch_one::<String>()
-        .await
-        .unwrap_or_else(|error| panic!("the engine cannot parse:\n{sql}\n\n{error}"))
+/// `statements` as the engine formats them, in one round trip (the bridge answers one query
+/// at a time, and the printed schema has well over a hundred statements); when one does not
+/// parse, they are asked one by one so that the failure names it.
+async fn format_queries(client: &clickhouse::Client, statements: &[String]) -> Vec<String> {
+    let all = client
+        .query("SELECT arrayMap(q -> formatQuery(q), {qs:Array(String)})")
+        .param("qs", statements)
+        .fetch_one::<Vec<String>>()
+        .await;
+    if let Ok(formatted) = all {
+        return formatted;
+    }
+    for sql in statements {
+        if let Err(error) = client
+            .query("SELECT formatQuery({q:String})")
+            .param("q", sql)
+            .fetch_one::<String>()
+            .await
+        {
+            panic!("the engine cannot parse:\n{sql}\n\n{error}");
+        }
+    }
+    unreachable!("every statement parses alone but not together: {all:?}")
 }
 
 /// The statements of `migrate --print` output, as the engine formats them.
@@ -49,15 +65,20 @@ async fn printed_statements(client: &clickhouse::Client, output: &Output) -> Vec
     );
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(!text.contains(PASSWORD), "the password is printed");
-    let mut statements = Vec::new();
-    for statement in text.split(";\n\n").map(str::trim).filter(|s| !s.is_empty()) {
-        let formatted = format_query(client, statement).await;
+    let printed: Vec<String> = text
+        .split(";\n\n")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let statements = format_queries(client, &printed).await;
+    assert_eq!(statements.len(), printed.len());
+    let again = format_queries(client, &statements).await;
+    for (formatted, reformatted) in statements.iter().zip(&again) {
         assert_eq!(
-            format_query(client, &formatted).await,
-            formatted,
+            reformatted, formatted,
             "the engine's text must parse back to itself"
         );
-        statements.push(formatted);
     }
     statements
 }

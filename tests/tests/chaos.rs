@@ -79,6 +79,12 @@ async fn a_chaos_run_loses_and_duplicates_nothing() {
         ("FLOWHOUSE_PAGE_TOKEN_SECRET", unique_name("secret")),
     ]);
     let mut query_service = ServiceProcess::start(&["query-api"], &query_env);
+    query_service
+        .wait_ready(
+            &format!("http://{query_admin}"),
+            std::time::Duration::from_secs(180),
+        )
+        .await;
 
     let out_dir = dir.path().join("results");
     let endpoint = format!("http://127.0.0.1:{}", free_port());

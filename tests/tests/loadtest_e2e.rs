@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowhouse_schema::contract::TopicArgs;
 use flowhouse_service::kafka::ensure_topics;
@@ -36,29 +36,6 @@ impl World {
         let mut env = self.env();
         env.extend(extra.iter().cloned());
         ServiceProcess::start(args, &env)
-    }
-}
-
-/// Waits until `/readyz` answers 200 (a liveness bound: fails with the log if it never does).
-async fn wait_ready(service: &mut ServiceProcess, address: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(response) = reqwest::get(format!("http://{address}/readyz")).await
-            && response.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            service.is_running(),
-            "the service on {address} exited:\n{}",
-            service.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the service on {address} is not ready:\n{}",
-            service.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -128,9 +105,18 @@ async fn a_small_run_verifies_the_whole_path() {
             ("FLOWHOUSE_PAGE_TOKEN_SECRET", unique_name("secret")),
         ],
     );
-    wait_ready(&mut ingest, &ingest_admin).await;
-    wait_ready(&mut endpoint_service, &endpoint_admin).await;
-    wait_ready(&mut query_service, &query_admin).await;
+    ingest
+        .wait_ready(&format!("http://{ingest_admin}"), Duration::from_secs(120))
+        .await;
+    endpoint_service
+        .wait_ready(
+            &format!("http://{endpoint_admin}"),
+            Duration::from_secs(120),
+        )
+        .await;
+    query_service
+        .wait_ready(&format!("http://{query_admin}"), Duration::from_secs(120))
+        .await;
 
     let out_dir = dir.path().join("results");
     // Sized for a little more than MESSAGES and cut at MESSAGES, so exactly that many go out

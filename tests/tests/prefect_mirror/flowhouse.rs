@@ -1,7 +1,7 @@
 //! `flowhouse serve` and the mirrors, as processes, and what the test asks Flowhouse's API.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flowhouse_keys::Scope;
@@ -18,6 +18,8 @@ use crate::rfc3339;
 pub struct Flowhouse {
     pub process: ServiceProcess,
     pub port: u16,
+    /// `/healthz`, `/readyz` and `/metrics`, apart from the API.
+    pub admin_port: u16,
     pub database: String,
     pub topics: TopicArgs,
     pub stack: Stack,
@@ -55,18 +57,20 @@ impl Flowhouse {
                 (tenant, key)
             })
             .collect();
-        let port = free_port();
+        let (port, admin_port) = (free_port(), free_port());
         let mut env = stack.service_env(&database, &topics);
         env.extend([
             ("FLOWHOUSE_LISTEN", format!("127.0.0.1:{port}")),
+            ("FLOWHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
             ("FLOWHOUSE_KEYS_FILE", keys_file.display().to_string()),
             ("FLOWHOUSE_INGEST_GROUP", unique_name("ingest")),
             ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "200ms".into()),
-            ("FLOWHOUSE_QUERY_CACHE_FRESH_SECS", "1".into()),
+            ("FLOWHOUSE_QUERY_CACHE_FRESH", "1s".into()),
         ]);
         Self {
             process: ServiceProcess::start(&["serve"], &env),
             port,
+            admin_port,
             database,
             topics,
             stack,
@@ -76,25 +80,11 @@ impl Flowhouse {
         }
     }
 
-    pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Ok(response) = self
-                .http
-                .get(format!("http://127.0.0.1:{}/readyz", self.port))
-                .send()
-                .await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flowhouse serve not ready in 180 s:\n{}",
-                self.process.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+    pub async fn wait_ready(&mut self) {
+        let admin = format!("http://127.0.0.1:{}", self.admin_port);
+        self.process
+            .wait_ready(&admin, Duration::from_secs(180))
+            .await;
     }
 
     pub fn base(&self, tenant: usize) -> String {

@@ -116,7 +116,7 @@ async fn a_prefect_server_running_real_flows_is_mirrored_exactly() {
     let total = Instant::now();
     let mut prefect = Prefect::new();
     prefect.start();
-    let flowhouse = Flowhouse::start(2);
+    let mut flowhouse = Flowhouse::start(2);
     let step = Instant::now();
     tokio::join!(prefect.wait_healthy(), flowhouse.wait_ready());
     phase_done("Prefect server and flowhouse serve up", step, total);
