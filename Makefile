@@ -9,7 +9,7 @@ SHELL := /bin/bash
 STACK := deploy/local/stack
 TEST_STACK_DIR := $(CURDIR)/.flowhouse/test-stack
 
-.PHONY: demo demo-prefect test bench contract fairness fuzz browser stack-up stack-down stack-status lint
+.PHONY: demo demo-prefect test bench chaos contract fairness fuzz browser stack-up stack-down stack-status lint
 
 demo:
 	deploy/local/demo
@@ -22,6 +22,12 @@ demo-prefect:
 # The end-to-end benchmark; size from BENCH_EVENTS. Writes bench/results/latest.json.
 bench:
 	deploy/local/bench
+
+# `flowhouse loadtest run --chaos` at full size (CHAOS_EVENTS) on a stack of its own, deleted at
+# the end: two ingest instances, 10 kill -9s, a restart each of ClickHouse, the broker and the
+# endpoint; every card and the raw row counts verified; recovery times in the report.
+chaos:
+	deploy/local/chaos
 
 # The test stack is separate from the demo's, so tests never touch demo data; its data is deleted
 # at the end, pass or fail. The dashboard's browser tests are among them (headless Chromium, which

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
+use super::gate::Gate;
 use super::{DriveOptions, DriveStats, Paced, Sent, Tally};
 use crate::measure::Progress;
 use crate::workload::Message;
@@ -69,6 +70,13 @@ pub struct EndpointTarget {
     /// doubling delays from `retry_delay`.
     pub retries: u32,
     pub retry_delay: Duration,
+    /// The longest delay between two retries.
+    pub max_retry_delay: Duration,
+    /// Also retry a request whose connection was cut before an answer (a restarting endpoint
+    /// under `--chaos`). Off by default: in general the server may have taken such a request.
+    pub retry_cut_requests: bool,
+    /// Every request passes it (a chaos run closes it to quiesce the endpoint).
+    pub gate: Option<Arc<Gate>>,
 }
 
 impl EndpointTarget {
@@ -82,6 +90,10 @@ impl EndpointTarget {
             ws_auth: WsAuth::Header,
             retries: 5,
             retry_delay: Duration::from_millis(250),
+            // Above the last of the default five delays (4 s): no change unless asked.
+            max_retry_delay: Duration::from_secs(4),
+            retry_cut_requests: false,
+            gate: None,
         }
     }
 
@@ -117,6 +129,9 @@ struct Post {
     route: &'static str,
     retries: u32,
     retry_delay: Duration,
+    max_retry_delay: Duration,
+    retry_cut: bool,
+    gate: Option<Arc<Gate>>,
 }
 
 async fn post(request: Post, tally: Arc<Tally>) {
@@ -129,9 +144,17 @@ async fn post(request: Post, tally: Arc<Tally>) {
         route,
         retries,
         retry_delay,
+        max_retry_delay,
+        retry_cut,
+        gate,
     } = request;
     let mut backoff = retry_delay;
     for attempt in 0..=retries {
+        // Held until this attempt has its answer (not through the wait before a retry).
+        let pass = match &gate {
+            Some(gate) => Some(gate.pass().await),
+            None => None,
+        };
         let started = Instant::now();
         let response = client
             .post(&url)
@@ -150,17 +173,32 @@ async fn post(request: Post, tally: Arc<Tally>) {
             Ok(response) => {
                 let status = response.status();
                 if !last && matches!(status.as_u16(), 401 | 429 | 502 | 503 | 504) {
+                    drop(pass);
+                    tally.retry(messages, format!("HTTP {}", status.as_u16()));
                     tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    backoff = (backoff * 2).min(max_retry_delay);
                     continue;
                 }
                 let text = response.text().await.unwrap_or_default();
                 tally.fail(messages, format!("{route}: HTTP {status}: {}", text.trim()));
                 return;
             }
-            Err(error) if error.is_connect() && !last => {
+            Err(error)
+                if !last
+                    && (error.is_connect()
+                        || (retry_cut && error.is_request() && !error.is_timeout())) =>
+            {
+                drop(pass);
+                tally.retry(
+                    messages,
+                    if error.is_connect() {
+                        "cannot connect"
+                    } else {
+                        "connection cut before an answer"
+                    },
+                );
                 tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                backoff = (backoff * 2).min(max_retry_delay);
             }
             Err(error) => {
                 let kind = if error.is_timeout() {
@@ -280,6 +318,9 @@ impl Batcher {
                 route,
                 retries: self.target.retries,
                 retry_delay: self.target.retry_delay,
+                max_retry_delay: self.target.max_retry_delay,
+                retry_cut: self.target.retry_cut_requests,
+                gate: self.target.gate.clone(),
             },
             self.tally.clone(),
         );

@@ -7,6 +7,7 @@
 //! was sent (acknowledged, if `messages_failed` is 0).
 
 pub mod endpoint;
+pub mod gate;
 pub mod kafka;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,11 @@ pub struct DriveStats {
     pub messages_failed: u64,
     /// Failures by kind, with counts of messages.
     pub errors: BTreeMap<String, u64>,
+    /// Messages sent again after a refusal the driver retries (connection refused or cut
+    /// before an answer, 429, 502-504), by reason; each was acknowledged later or counts in
+    /// `messages_failed`.
+    #[serde(default)]
+    pub retried: BTreeMap<String, u64>,
     /// From the first send to the last send.
     pub send_secs: f64,
     /// From the first send to the last acknowledgement.
@@ -71,6 +77,7 @@ pub struct Tally {
     acked: AtomicU64,
     failed: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    retried: Mutex<BTreeMap<String, u64>>,
     latencies: Mutex<Latencies>,
     rate: RateCounter,
     last_ack: Mutex<Instant>,
@@ -84,6 +91,7 @@ impl Tally {
             acked: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
+            retried: Mutex::new(BTreeMap::new()),
             latencies: Mutex::new(Latencies::default()),
             rate: RateCounter::new(start),
             last_ack: Mutex::new(start),
@@ -113,6 +121,16 @@ impl Tally {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(kind)
+            .or_default() += messages;
+    }
+
+    /// `messages` are sent again after `reason` (a refusal the driver retries).
+    pub fn retry(&self, messages: u64, reason: impl Into<String>) {
+        *self
+            .retried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason.into())
             .or_default() += messages;
     }
 
@@ -161,6 +179,11 @@ impl Tally {
             messages_failed: self.failed(),
             errors: self
                 .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            retried: self
+                .retried
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),

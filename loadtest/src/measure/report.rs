@@ -134,6 +134,9 @@ pub struct Report {
     /// Failures by kind, every stage together (`produce: ...`, `dashboards: HTTP 503`...).
     #[serde(default)]
     pub errors: BTreeMap<String, u64>,
+    /// `loadtest run --chaos` only: the faults, their recovery times and the raw counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<crate::run::chaos::report::ChaosReport>,
 }
 
 impl Report {
@@ -156,6 +159,7 @@ impl Report {
             baselines: None,
             services_rss: BTreeMap::new(),
             errors: BTreeMap::new(),
+            chaos: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub enum MarkerPath {
         /// `.../workspaces/{w}/events`.
         url: String,
         key: String,
+        /// The run's requests pass it (a chaos run closes it to quiesce the endpoint).
+        gate: Option<Arc<crate::drive::gate::Gate>>,
     },
 }
 
@@ -64,7 +66,16 @@ impl MarkerPath {
                     .await
                     .map_err(|(error, _)| anyhow::anyhow!("kafka: {error}"))?;
             }
-            MarkerPath::Endpoint { client, url, key } => {
+            MarkerPath::Endpoint {
+                client,
+                url,
+                key,
+                gate,
+            } => {
+                let _pass = match gate {
+                    Some(gate) => Some(gate.pass().await),
+                    None => None,
+                };
                 let response = client
                     .post(url)
                     .bearer_auth(key)

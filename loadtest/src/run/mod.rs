@@ -11,9 +11,14 @@
 //! 5. Verify every card of every tenant against the ground truth ([`verify`]).
 //! 6. Report: `report.json`, plots, a summary table and one tenant's dashboard ([`summary`]).
 //!    Any mismatch, lost message or failed stage exits non-zero.
+//!
+//! With `--chaos` ([`chaos`]), the run starts two ingest instances and the endpoint itself,
+//! kills and restarts them, ClickHouse and the broker while it drives, reports each fault's
+//! recovery time, and also verifies exact raw row counts per tenant.
 
 pub mod api;
 pub mod baselines;
+pub mod chaos;
 pub mod dashboards;
 pub mod freshness;
 pub mod rss;
@@ -22,6 +27,8 @@ pub mod verify;
 pub mod visibility;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -34,6 +41,7 @@ use flowhouse_service::kafka::KafkaArgs;
 use uuid::Uuid;
 
 use crate::drive::endpoint::{ApiKeys, EndpointTarget, WsAuth};
+use crate::drive::gate::Gate;
 use crate::drive::{DriveOptions, DriveStats};
 use crate::measure::{Progress, Report};
 use crate::workload::Workload;
@@ -115,6 +123,8 @@ pub struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub chaos: chaos::ChaosArgs,
 }
 
 /// Everything measured, handed to the report.
@@ -130,10 +140,17 @@ pub struct Outcome {
     pub baselines: Option<Baselines>,
     pub raw_scans: crate::measure::Latencies,
     pub verification: verify::Verification,
+    /// With `--chaos`: the faults, their recoveries and the raw counts.
+    pub chaos: Option<chaos::report::ChaosReport>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started_at = Utc::now();
+    if args.chaos.chaos && args.target != Target::Http {
+        // The endpoint's restart is one of the faults, and the HTTP driver is the one that
+        // retries what a restart refuses.
+        bail!("--chaos drives the workload through the endpoint: use --target http");
+    }
     let config = args.workload.window_config()?;
     let workload = Workload::new(config.clone())?;
     let tenants = workload.tenants();
@@ -189,6 +206,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let before = watermarks(args.kafka.clone(), topics.clone()).await??;
     let cache_before = cache_counts(&api).await;
+    // Messages handed to the driver so far: the chaos faults are placed by it. Every request
+    // to the endpoint passes the gate, which the chaos run may close (see `chaos`).
+    let handed = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(Gate::default());
+    let chaos = if args.chaos.chaos {
+        progress.println("chaos: starting two ingest instances and the endpoint");
+        let expected_messages = [args.workload.max_messages, args.workload.events]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| {
+                (crate::workload::messages_per_run(&config) * config.runs as f64) as u64
+            });
+        Some(
+            chaos::Chaos::prepare(chaos::Setup {
+                args: &args.chaos,
+                seed: args.workload.seed,
+                kafka: &args.kafka,
+                topics: &args.topics,
+                clickhouse: &args.clickhouse,
+                endpoint_url: &args.endpoint_url,
+                keys_file: &args.keys_file,
+                out_dir: &args.out_dir,
+                expected_messages,
+                handed: handed.clone(),
+                gate: gate.clone(),
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
 
     let marker_path = match args.target {
         Target::Kafka => MarkerPath::kafka(&args.kafka, &args.topics.events_topic)?,
@@ -200,6 +249,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .workspace_url(&marker_tenant)
             ),
             key: marker_key,
+            gate: Some(gate.clone()),
         },
     };
     let start = Instant::now();
@@ -217,15 +267,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.dashboard_users,
         args.dashboard_refresh,
     );
+    let chaos = chaos.map(|chaos| chaos.begin(start));
 
     let options = DriveOptions {
         rate: args.rate,
         max_messages: args.workload.max_messages,
         ..DriveOptions::default()
     };
-    let (stats, workload) = drive(&args, workload, keys, &options, &progress).await?;
+    let (stats, workload) =
+        drive(&args, workload, keys, &options, &progress, &handed, &gate).await?;
     let truth = workload.into_truth();
+    let chaos = match chaos {
+        Some(running) => {
+            progress.println("chaos: everything sent; waiting for the faults still due");
+            Some(running.finish().await?)
+        }
+        None => None,
+    };
     if stats.messages_failed > 0 {
+        if let Some((services, report)) = chaos {
+            chaos::report::print(
+                &chaos::conclude(services, report, &clickhouse, &truth, &stats).await,
+            );
+        }
         bail!(
             "{} of {} messages were not acknowledged: {:?}",
             stats.messages_failed,
@@ -238,7 +302,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         logs: truth.logs(),
     };
     let visible_at =
-        visibility::wait_all_visible(&counter, expected, args.visible_timeout, &progress).await?;
+        match visibility::wait_all_visible(&counter, expected, args.visible_timeout, &progress)
+            .await
+        {
+            Ok(at) => at,
+            Err(error) => {
+                // What the raw tables hold says more than "not visible": lost or duplicated.
+                if let Some((services, report)) = chaos {
+                    let report =
+                        chaos::conclude(services, report, &clickhouse, &truth, &stats).await;
+                    chaos::report::print(&report);
+                }
+                return Err(error);
+            }
+        };
     let end_to_end_secs = visible_at.duration_since(start).as_secs_f64();
     let dashboards_seen = dashboards.stop().await;
     let freshness = markers.stop().await;
@@ -263,6 +340,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
     };
 
+    let chaos = match chaos {
+        Some((services, report)) => {
+            progress.println("chaos: counting raw rows per tenant, stopping the services");
+            Some(chaos::conclude(services, report, &clickhouse, &truth, &stats).await)
+        }
+        None => None,
+    };
+
     progress.println("verifying every card of every tenant against the ground truth");
     let verification = verify::verify(&api, &truth, &tenant_keys, config.start, config.end).await?;
 
@@ -277,6 +362,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         baselines,
         raw_scans,
         verification,
+        chaos,
     };
     let mut report = Report::new(started_at, config, &truth);
     summary::fill(&mut report, &outcome, &args);
@@ -293,6 +379,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("report: {}", report_path.display());
     for file in &report.files {
         println!("        {file}");
+    }
+    if let Some(chaos) = &outcome.chaos
+        && !chaos.verified()
+    {
+        bail!(
+            "chaos: {} (see above and {})",
+            chaos
+                .stopped
+                .clone()
+                .or_else(|| chaos
+                    .raw_counts
+                    .as_ref()
+                    .and_then(|r| r.mismatches.first().cloned()))
+                .or_else(|| chaos.unclean_exits.first().cloned())
+                .unwrap_or_else(|| "the raw rows could not be counted".into()),
+            report_path.display()
+        );
     }
     if report.verified != Some(true) {
         bail!(
@@ -312,18 +415,21 @@ async fn drive(
     keys: ApiKeys,
     options: &DriveOptions,
     progress: &Progress,
+    handed: &Arc<AtomicU64>,
+    gate: &Arc<Gate>,
 ) -> anyhow::Result<(DriveStats, Workload)> {
     match args.target {
         Target::Kafka => {
-            let (kafka, topics, options, progress) = (
+            let (kafka, topics, options, progress, handed) = (
                 args.kafka.clone(),
                 args.topics.clone(),
                 options.clone(),
                 progress.clone(),
+                handed.clone(),
             );
             tokio::task::spawn_blocking(move || {
                 let stats = crate::drive::kafka::produce(
-                    &mut workload,
+                    &mut chaos::Counted::new(&mut workload, handed),
                     &kafka,
                     &topics,
                     &options,
@@ -334,17 +440,28 @@ async fn drive(
             .await?
         }
         Target::Http | Target::Ws => {
-            let target = EndpointTarget {
+            let mut target = EndpointTarget {
                 batch_size: args.batch_size,
                 concurrency: args.concurrency,
                 ws_auth: args.ws_auth,
+                gate: Some(gate.clone()),
                 ..EndpointTarget::new(args.endpoint_url.clone(), keys)
             };
+            if args.chaos.chaos {
+                // The endpoint and the broker go away for seconds at a time: keep retrying
+                // for a few minutes, every two seconds at most, and also retry a request cut
+                // by the endpoint's restart (a clean stop answers what it read, so a request
+                // cut off was never taken).
+                target.retries = 100;
+                target.max_retry_delay = Duration::from_secs(2);
+                target.retry_cut_requests = true;
+            }
+            let mut source = chaos::Counted::new(&mut workload, handed.clone());
             let stats = if args.target == Target::Http {
-                crate::drive::endpoint::post_batches(&mut workload, &target, options, progress)
+                crate::drive::endpoint::post_batches(&mut source, &target, options, progress)
                     .await?
             } else {
-                crate::drive::endpoint::websocket(&mut workload, &target, options, progress).await?
+                crate::drive::endpoint::websocket(&mut source, &target, options, progress).await?
             };
             Ok((stats, workload))
         }

@@ -57,8 +57,13 @@ pub fn fill(report: &mut Report, outcome: &Outcome, args: &RunArgs) {
     });
     report.baselines = outcome.baselines.clone();
     report.services_rss = outcome.samples.rss.clone();
-    report.verified =
-        Some(outcome.verification.cards_checked > 0 && outcome.verification.mismatches == 0);
+    // Under chaos, the raw counts and every fault's recovery are part of the verdict.
+    report.chaos = outcome.chaos.clone();
+    report.verified = Some(
+        outcome.verification.cards_checked > 0
+            && outcome.verification.mismatches == 0
+            && outcome.chaos.as_ref().is_none_or(|c| c.verified()),
+    );
     report.mismatches = outcome.verification.lines.clone();
     let mut errors = BTreeMap::new();
     let stages = [
@@ -246,6 +251,9 @@ pub fn print(report: &Report, outcome: &Outcome) {
         for (kind, n) in &report.errors {
             println!("  {n:>8} x {kind}");
         }
+    }
+    if let Some(chaos) = &outcome.chaos {
+        super::chaos::report::print(chaos);
     }
     println!();
     let v = &outcome.verification;
