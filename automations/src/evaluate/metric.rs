@@ -105,15 +105,7 @@ pub fn filters_of(trigger: &MetricTrigger) -> Result<RunFilters, String> {
         };
         list.extend(values);
     }
-    for list in [
-        &mut filters.flow,
-        &mut filters.deployment,
-        &mut filters.work_pool,
-        &mut filters.tag,
-    ] {
-        list.sort();
-        list.dedup();
-    }
+    filters.normalize();
     Ok(filters)
 }
 

@@ -40,6 +40,19 @@ impl RunFilters {
             && self.tag.is_empty()
     }
 
+    /// Sorts and deduplicates every list: equivalent filters compare (and cache) equal.
+    pub fn normalize(&mut self) {
+        for list in [
+            &mut self.flow,
+            &mut self.deployment,
+            &mut self.work_pool,
+            &mut self.tag,
+        ] {
+            list.sort();
+            list.dedup();
+        }
+    }
+
     fn list(&mut self, name: &str) -> Option<&mut Vec<String>> {
         match name {
             "flow" => Some(&mut self.flow),
@@ -251,15 +264,7 @@ pub fn parse(
         work_pool: metric.work_pool,
         tag: metric.tag,
     };
-    for list in [
-        &mut filters.flow,
-        &mut filters.deployment,
-        &mut filters.work_pool,
-        &mut filters.tag,
-    ] {
-        list.sort();
-        list.dedup();
-    }
+    filters.normalize();
     let tz = match &metric.tz {
         Some(name) => Zone::parse(name)?,
         None => Zone::default(),
