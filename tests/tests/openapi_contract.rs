@@ -68,8 +68,11 @@ expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 414, 415, 422, 428,
         .args([
             "--checks",
             "all",
+            // One worker: with two, hypothesis parses lambda sources with `ast.parse` from two
+            // threads, which CPython 3.11 can fail ("AST constructor recursion depth mismatch"),
+            // a runtime error of the tool, not a finding (seen once in a clean-clone run).
             "--workers",
-            "2",
+            "1",
             "--max-examples",
             &examples,
         ])
