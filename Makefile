@@ -44,14 +44,16 @@ contract:
 	FLOWHOUSE_CONTRACT_EXAMPLES=$${FLOWHOUSE_CONTRACT_EXAMPLES:-500} \
 	    cargo test --locked -p flowhouse-tests --test openapi_contract -- --nocapture
 
-# Per-tenant fairness with its latency bound (B's p99 within 2× while A floods): run it on a
-# quiet machine; make test checks the rest of it.
+# Per-tenant fairness with its latency bound (B's p99 within 2× while A floods), against the
+# release build: run it on a quiet machine; make test checks the rest of it.
 fairness:
 	@set -euo pipefail; \
 	export FLOWHOUSE_STACK_DIR=$(TEST_STACK_DIR); \
 	trap '$(STACK) reset' EXIT; \
+	cargo build --release --locked -p flowhouse --features loadtest; \
 	eval "$$($(STACK) up)"; \
-	FLOWHOUSE_FAIRNESS_STRICT=1 cargo test --locked -p flowhouse-tests --test fairness -- --nocapture
+	FLOWHOUSE_BIN=$(CURDIR)/target/release/flowhouse FLOWHOUSE_FAIRNESS_STRICT=1 \
+	    cargo test --locked -p flowhouse-tests --test fairness -- --nocapture
 
 # Every fuzz target (cargo fuzz, and atheris for the bridge's framing decoder) for FUZZ_SECONDS
 # each (default 300; make test runs 10). FUZZ_MERGE=1 merges new coverage into fuzz/corpus/.

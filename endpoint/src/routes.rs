@@ -157,21 +157,28 @@ async fn ingest(
     };
     let key = envelope.key();
     let kafka_headers = envelope.headers();
-    let topic = shared.topic(stream);
-    let mut deliveries = Vec::with_capacity(items.len());
-    for item in &items {
+    let topic = shared.topic(stream).to_owned();
+    let producer = shared.producer.clone();
+    // Handing thousands of messages to librdkafka is CPU work too (copies, headers): off the
+    // async workers like the parse, or every request queued on this worker waits for it.
+    let deliveries = tokio::task::spawn_blocking(move || {
         // An early return here leaves what was already handed over to be delivered: the client
         // sees a 503 and sends the batch again, and ingest drops the duplicates by event id.
-        deliveries.push(
-            shared
-                .producer
-                .send(topic, &key, kafka_headers.clone(), item)?,
-        );
-    }
+        items
+            .iter()
+            .map(|item| producer.send(&topic, &key, kafka_headers.clone(), item))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|error| ApiError::Unavailable {
+        detail: format!("handing the batch to Kafka failed ({error}); send it again"),
+        retry_after: std::time::Duration::from_secs(1),
+    })??;
+    let accepted = deliveries.len();
     futures::future::try_join_all(deliveries).await?;
 
     metrics::counter!(telemetry::ACCEPTED, "kind" => stream.plural(), "transport" => "http")
-        .increment(items.len() as u64);
+        .increment(accepted as u64);
     metrics::histogram!(telemetry::REQUEST_SECONDS, "kind" => stream.plural())
         .record(started.elapsed().as_secs_f64());
     Ok(())

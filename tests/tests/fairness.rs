@@ -62,10 +62,37 @@ async fn measure(
     (latencies, refused)
 }
 
-fn p99(latencies: &[f64]) -> f64 {
+/// Nearest-rank percentile `q` (0–1).
+fn percentile(latencies: &[f64], q: f64) -> f64 {
     let mut sorted = latencies.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() as f64 * 0.99).ceil() as usize).clamp(1, sorted.len()) - 1]
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// What A floods with: both by default; `FLOWHOUSE_FAIRNESS_FLOOD=queries|uploads` runs one
+/// half alone, to tell which of them costs B its latency when the bound is missed.
+struct Flood {
+    queries: bool,
+    uploads: bool,
+}
+
+impl Flood {
+    fn from_env() -> Self {
+        match std::env::var("FLOWHOUSE_FAIRNESS_FLOOD").as_deref() {
+            Ok("queries") => Self {
+                queries: true,
+                uploads: false,
+            },
+            Ok("uploads") => Self {
+                queries: false,
+                uploads: true,
+            },
+            _ => Self {
+                queries: true,
+                uploads: true,
+            },
+        }
+    }
 }
 
 /// [`measure`] on a thread and runtime of its own, so that B's timings are the server's, not
@@ -120,11 +147,12 @@ async fn one_tenants_flood_leaves_anothers_latency_and_answers_alone() {
     // A floods: cache-busting queries from 32 workers, 6 uploaders of 5000-event batches.
     let stop = Arc::new(AtomicBool::new(false));
     let (a_queries, a_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut flood = Vec::new();
-    for worker in 0..32u64 {
+    let flood = Flood::from_env();
+    let mut flooding = Vec::new();
+    for worker in 0..if flood.queries { 32u64 } else { 0 } {
         let (http, a, key, stop) = (http.clone(), a.clone(), served.key.clone(), stop.clone());
         let (done, refused) = (a_queries.clone(), a_refused.clone());
-        flood.push(tokio::spawn(async move {
+        flooding.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
@@ -151,10 +179,10 @@ async fn one_tenants_flood_leaves_anothers_latency_and_answers_alone() {
     let batch = bytes::Bytes::from(
         serde_json::to_vec(&(0..5000).map(event).collect::<Vec<Value>>()).unwrap(),
     );
-    for _ in 0..6 {
+    for _ in 0..if flood.uploads { 6 } else { 0 } {
         let (http, a, key, stop) = (http.clone(), a.clone(), served.key.clone(), stop.clone());
         let (refused, batch) = (uploads_refused.clone(), batch.clone());
-        flood.push(tokio::spawn(async move {
+        flooding.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(response) = http
                     .post(format!("{a}/events"))
@@ -185,13 +213,16 @@ async fn one_tenants_flood_leaves_anothers_latency_and_answers_alone() {
     .await
     .unwrap();
     stop.store(true, Ordering::Relaxed);
-    for task in flood {
+    for task in flooding {
         let _ = task.await;
     }
-    let (p99_alone, p99_loaded) = (p99(&alone), p99(&loaded));
+    let (p99_alone, p99_loaded) = (percentile(&alone, 0.99), percentile(&loaded, 0.99));
     eprintln!(
-        "fairness: B's p99 alone {p99_alone:.1} ms, while A floods {p99_loaded:.1} ms ({:.2}×); \
-         A ran {} queries ({} refused from its own share), {} of its uploads refused",
+        "fairness: B's p50 alone {:.1} ms, while A floods {:.1} ms; B's p99 alone {p99_alone:.1} ms, \
+         while A floods {p99_loaded:.1} ms ({:.2}×); A ran {} queries ({} refused from its own \
+         share), {} of its uploads refused",
+        percentile(&alone, 0.5),
+        percentile(&loaded, 0.5),
         p99_loaded / p99_alone,
         a_queries.load(Ordering::Relaxed),
         a_refused.load(Ordering::Relaxed),

@@ -176,6 +176,11 @@ impl Ingest {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            // rdkafka's `recv` is ready at once while messages are buffered, so without this the
+            // loop would decode a whole fetched backlog without yielding, holding its worker (and
+            // the task in that worker's LIFO slot, which no other worker may steal) for as long:
+            // in `flowhouse serve` that was a dashboard request's 0.5 s.
+            tokio::task::consume_budget().await;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
