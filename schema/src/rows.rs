@@ -39,7 +39,7 @@ impl EventRow {
         let labels = |labels: &crate::text::Labels<'_>| {
             labels
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_owned_string(), v.to_owned_string()))
                 .collect()
         };
         Self {
@@ -48,10 +48,10 @@ impl EventRow {
             occurred: event.occurred,
             id: event.id,
             received,
-            event: event.event.to_string(),
+            event: event.event.to_owned_string(),
             resource: labels(&event.resource),
             related: event.related.iter().map(labels).collect(),
-            payload: event.payload.0.to_string(),
+            payload: event.payload.0.to_owned_string(),
             follows: event.follows,
         }
     }
@@ -103,8 +103,8 @@ impl LogRow {
             received,
             // Validated to be within 0..=255.
             level: u8::try_from(log.level).unwrap_or(u8::MAX),
-            name: log.name.to_string(),
-            message: log.message.to_string(),
+            name: log.name.to_owned_string(),
+            message: log.message.to_owned_string(),
             flow_run_id: log.flow_run_id,
             task_run_id: log.task_run_id,
             worker_id: log.worker_id,

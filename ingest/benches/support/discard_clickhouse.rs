@@ -97,18 +97,27 @@ fn columns(table: &str) -> Vec<(String, String, &'static str)> {
         topology: Topology::SingleNode,
         retention_days: 30,
     };
-    let prefix = format!("CREATE TABLE IF NOT EXISTS {DATABASE}.{table} (");
-    let statement = flowhouse_schema::migrate::full_schema(&config)
+    // The newest definition: a migration that rebuilds a table creates it as `T__next` and
+    // exchanges the two, so the last of those statements is the table's shape now.
+    let prefixes = [
+        format!("CREATE TABLE IF NOT EXISTS {DATABASE}.{table} ("),
+        format!("CREATE TABLE IF NOT EXISTS {DATABASE}.{table}__next ("),
+    ];
+    let (prefix, statement) = flowhouse_schema::migrate::full_schema(&config)
         .into_iter()
-        .find(|statement| statement.starts_with(&prefix))
+        .filter_map(|statement| {
+            let prefix = prefixes.iter().find(|p| statement.starts_with(p.as_str()))?;
+            Some((prefix.clone(), statement))
+        })
+        .last()
         .unwrap_or_else(|| panic!("no table {table} in the schema"));
     let end = statement.find("\nENGINE").expect("ENGINE clause");
     let list = statement[prefix.len()..end]
         .trim_end()
         .strip_suffix(')')
         .expect("column list");
-    list.lines()
-        .map(|line| line.trim().trim_end_matches(','))
+    top_level_items(list)
+        .into_iter()
         .filter(|line| !line.is_empty() && !line.starts_with("INDEX "))
         .map(|line| {
             let (name, rest) = line.split_once(' ').expect("name and type");
@@ -123,6 +132,26 @@ fn columns(table: &str) -> Vec<(String, String, &'static str)> {
             (name.to_string(), data_type.to_string(), kind)
         })
         .collect()
+}
+
+/// The comma-separated items of a column list, split only outside parentheses and quotes: a
+/// `DEFAULT` expression may span lines and hold commas of its own.
+fn top_level_items(list: &str) -> Vec<&str> {
+    let (mut items, mut depth, mut quoted, mut start) = (Vec::new(), 0usize, false, 0);
+    for (i, c) in list.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            ',' if !quoted && depth == 0 => {
+                items.push(list[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(list[start..].trim());
+    items
 }
 
 fn string(out: &mut Vec<u8>, value: &str) {
