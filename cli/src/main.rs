@@ -2,6 +2,11 @@ use clap::Parser;
 use flowhouse::Cli;
 use flowhouse_service::telemetry;
 
+// Ingest and the endpoint allocate a few small strings per message; under glibc's malloc,
+// allocating and freeing them was a fifth of ingest's CPU (docs/performance.md, flamegraphs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init_tracing(&cli.log);

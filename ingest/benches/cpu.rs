@@ -44,6 +44,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rdkafka::message::{OwnedHeaders, Timestamp};
 
+// The allocator of the `flowhouse` binary (cli/src/main.rs), so that the figures are its.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Messages per iteration: one insert per table per iteration, about what a partition's batch
 /// holds at a few thousand messages per second.
 const MESSAGES: usize = 5_000;

@@ -106,7 +106,9 @@ fn columns(table: &str) -> Vec<(String, String, &'static str)> {
     let (prefix, statement) = flowhouse_schema::migrate::full_schema(&config)
         .into_iter()
         .filter_map(|statement| {
-            let prefix = prefixes.iter().find(|p| statement.starts_with(p.as_str()))?;
+            let prefix = prefixes
+                .iter()
+                .find(|p| statement.starts_with(p.as_str()))?;
             Some((prefix.clone(), statement))
         })
         .last()
