@@ -6,13 +6,15 @@
 //! [`lease`] (one evaluator per automation at a time; the exactly-once argument),
 //! [`evaluate`] (the rounds: [`evaluate::metric`] on the rollups, [`evaluate::event`] on the
 //! stored events), [`deliver`] (webhooks, the events), [`clock`] (a parameter, so tests step
-//! time), [`api`] (the routes mounted into the query API).
+//! time), [`crash`] (the crash tests' failpoints), [`api`] (the routes mounted into the query
+//! API).
 //!
 //! It runs inside the query API (and `flowhouse serve`) unless `--automations false`, or alone
 //! as `flowhouse automations serve`; both need only the usual ClickHouse and Kafka variables.
 
 pub mod api;
 pub mod clock;
+pub mod crash;
 pub mod deliver;
 pub mod evaluate;
 pub mod lease;
@@ -273,12 +275,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let readiness = flowhouse_service::admin::Readiness::default();
     let shutdown = flowhouse_service::shutdown::on_signal();
     let emitter = Some(emitter(&args.kafka, &args.topics)?);
-    let evaluator = evaluator(
+    let mut evaluator = evaluator(
         &args.automations,
         &args.clickhouse,
         emitter,
         Arc::new(SystemClock),
     );
+    evaluator.crash_at = crash::Failpoint::from_env()?;
     let interval = args.automations.interval;
     let run = tokio::spawn(evaluator.run(interval, shutdown.clone()));
     readiness.ready("automations");

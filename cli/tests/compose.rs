@@ -205,6 +205,22 @@ fn the_query_api_reads_as_the_read_only_user_with_its_tenant_settings() {
 }
 
 #[test]
+fn the_automations_write_as_their_own_user_that_migrate_creates() {
+    let compose = compose();
+    let migrate = &compose.services["migrate"].environment;
+    let query_api = &compose.services["query-api"].environment;
+    let user = &query_api["FLOWHOUSE_AUTOMATIONS_CLICKHOUSE_USER"];
+    let password = &query_api["FLOWHOUSE_AUTOMATIONS_CLICKHOUSE_PASSWORD"];
+    assert_eq!(&migrate["FLOWHOUSE_AUTOMATIONS_USER"], user);
+    assert_eq!(&migrate["FLOWHOUSE_AUTOMATIONS_PASSWORD"], password);
+    for other in ["query-api", "ingest"] {
+        let (name, other_password) = clickhouse_user_of(&compose, other);
+        assert_ne!(&name, user, "not {other}'s user");
+        assert_ne!(&other_password, password, "a password of its own");
+    }
+}
+
+#[test]
 fn listen_ports_are_exposed_and_health_checked_and_only_the_proxy_is_published() {
     let compose = compose();
     let mut checked = 0;

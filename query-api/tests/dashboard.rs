@@ -8,6 +8,8 @@
 //!   the URL, the storage or a request from the page says.
 //! - The page refreshes by itself (an unchanged card costs a 304) and shows a newly stored run;
 //!   the live tail shows the tenant's events and no one else's.
+//! - The automations panel lists an automation created through the API, with its last firing,
+//!   and never another tenant's.
 //! - Screenshots at 1280×800 and 390×844 go to `target/dashboard-screenshots/`; the console has
 //!   no errors. First meaningful paint and page weight are measured and printed.
 
@@ -183,6 +185,81 @@ async fn the_dashboard_in_a_browser_shows_the_ground_truth_and_only_its_tenants_
         filters: Filters::default(),
     };
     check_cards(&page.eval(READ_CARDS).await, &week, &events, "default view");
+
+    // The automations panel: one created through the API (its name is data, shown as text)
+    // with its last firing from the delivery log; another tenant's never.
+    let created = h
+        .http
+        .post(h.url(a.tenant, "automations"))
+        .bearer_auth(&h.write_only_key)
+        .json(
+            &json!({"name": "<b>nightly</b> fails", "trigger": {"type": "event",
+            "expect": ["prefect.flow-run.Failed"], "threshold": 1, "within": 600},
+            "actions": [{"type": "do-nothing"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let automation: Value = created.json().await.unwrap();
+    let id = automation["id"].as_str().unwrap().to_string();
+    let store = flowhouse_automations::store::Store::new(h.client.clone());
+    let theirs = flowhouse_automations::model::Automation {
+        id: Uuid::now_v7(),
+        core: flowhouse_automations::model::parse_core(
+            json!({"name": "B's", "trigger": automation["trigger"], "actions": []})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap(),
+        created: chrono::Utc::now(),
+        updated: chrono::Utc::now(),
+    };
+    store.put(b.tenant, &theirs, false).await.unwrap();
+    let fired_at = chrono::Utc::now();
+    store
+        .log_delivery(&flowhouse_automations::store::DeliveryRow {
+            account_id: a.tenant.account_id,
+            workspace_id: a.tenant.workspace_id,
+            automation_id: id.parse().unwrap(),
+            at: fired_at,
+            idempotency_key: format!("{id}/all/1/triggered/0"),
+            transition: "triggered".into(),
+            action: "do-nothing".into(),
+            attempt: 1,
+            outcome: "delivered".into(),
+            status: 0,
+            error: String::new(),
+            fired_at,
+            bucket: String::new(),
+            value: 1.0,
+        })
+        .await
+        .unwrap();
+    page.wait_for(
+        "the automation and its firing in the panel",
+        &format!(
+            "document.querySelector('[data-card=automations] tr[data-id=\"{id}\"] td:last-child')
+               ?.textContent.startsWith('triggered ')"
+        ),
+    )
+    .await;
+    let panel = &page.eval(READ_CARDS).await["automations"];
+    let rows = panel["tables"]["automations"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the tenant's own: {panel}");
+    assert_eq!(rows[0]["id"], id.as_str());
+    let cells: Vec<&str> = rows[0]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cells[..3],
+        ["<b>nightly</b> fails", "event", "on"],
+        "{panel}"
+    );
+    assert!(cells[3].starts_with("triggered "), "{panel}");
 
     // Screenshots at both sizes.
     let wide = screenshots().join("dashboard-1280x800.png");

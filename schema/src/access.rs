@@ -1,5 +1,6 @@
 //! Who may read what: the query API's read-only ClickHouse role, and tenant row policies as
-//! defence in depth behind the tenant predicate every query already binds.
+//! defence in depth behind the tenant predicate every query already binds; and the
+//! automations' role, which writes their own tables only.
 //!
 //! The query API needs to read the tenant tables and nothing else, so it connects as a user
 //! holding [`READER_ROLE`]: `SELECT` on the tables whose rows belong to a tenant (never the
@@ -17,6 +18,14 @@
 //! Cloud's fixed prefix; `deploy/compose/clickhouse-config.xml` sets it). On a cluster, the
 //! shards see the reader's settings and user only with an inter-server `<secret>` in
 //! `remote_servers`; the policies are on the Distributed and the local tables alike.
+//!
+//! The automations (their API in the query API, their evaluator wherever it runs) connect as a
+//! user holding [`AUTOMATIONS_ROLE`]: `SELECT` and `INSERT` on their own tables
+//! ([`AUTOMATIONS_TABLES`]) and `SELECT` on what the evaluator reads ([`AUTOMATIONS_READS`]:
+//! the stored events for event triggers, the flow-run rollup for metric triggers), nothing else;
+//! no DDL, no `ALTER`, no other table. The evaluator works on every tenant's automations, so
+//! the role is not the reader's: the tenant policies do not apply to it, the `USING 1` one does.
+//! The events it emits go through Kafka and are stored by ingest, like any producer's.
 //!
 //! The local engine (chDB behind the bridge) has one user and no access control, so these
 //! statements are checked by having the engine parse them (`tests/tests/migrations.rs`), like
@@ -36,16 +45,29 @@ pub const WORKSPACE_SETTING: &str = "SQL_flowhouse_workspace_id";
 pub const TENANT_POLICY: &str = "flowhouse_tenant";
 /// The row policy that leaves every other user's reads as they were.
 pub const OTHERS_POLICY: &str = "flowhouse_unrestricted";
+/// The role of the automations' ClickHouse user.
+pub const AUTOMATIONS_ROLE: &str = "flowhouse_automations";
+/// The automations' own tables (migration 4): read and written by [`AUTOMATIONS_ROLE`].
+pub const AUTOMATIONS_TABLES: &[&str] = &[
+    "automations",
+    "automation_state",
+    "automation_deliveries",
+    "automation_leases",
+];
+/// What the evaluator reads besides its own tables: the stored events (event triggers) and the
+/// flow-run rollup (metric triggers). `tests/tests/access.rs` runs every kind of trigger in a
+/// database holding only these tables and [`AUTOMATIONS_TABLES`].
+pub const AUTOMATIONS_READS: &[&str] = &["events", "flow_runs"];
 
-/// The user to create (or update) with the reader role.
+/// A user to create (or update) with one of these roles.
 #[derive(Clone, Debug)]
-pub struct ReaderUser {
+pub struct User {
     pub name: String,
     /// SHA-256 of the password, hex: the password itself never appears in a statement.
     pub password_sha256: String,
 }
 
-impl ReaderUser {
+impl User {
     pub fn new(name: &str, password: &str) -> Self {
         Self {
             name: name.to_string(),
@@ -73,7 +95,7 @@ pub fn tenant_tables() -> impl Iterator<Item = &'static str> {
 /// The statements that create the reader role, its grants and the row policies, then (when
 /// `user` is given) the user holding that role. Idempotent: `flowhouse migrate` runs them on
 /// every start, so tables added by later migrations are covered and a new password is applied.
-pub fn reader_statements(config: &SchemaConfig, user: Option<&ReaderUser>) -> Vec<String> {
+pub fn reader_statements(config: &SchemaConfig, user: Option<&User>) -> Vec<String> {
     let db = &config.database;
     let on = config.on_cluster();
     let mut statements = vec![format!("CREATE ROLE IF NOT EXISTS {READER_ROLE}{on}")];
@@ -92,28 +114,68 @@ pub fn reader_statements(config: &SchemaConfig, user: Option<&ReaderUser>) -> Ve
         }
     }
     if let Some(user) = user {
-        let name = &user.name;
-        let identified = format!(
-            "IDENTIFIED WITH sha256_hash BY '{}' SETTINGS readonly = 2",
-            user.password_sha256
-        );
-        statements.push(format!("CREATE USER IF NOT EXISTS {name}{on} {identified}"));
-        // Applied again when the user exists, so that rerunning migrate rotates the password.
-        statements.push(format!("ALTER USER {name}{on} {identified}"));
-        statements.push(format!("GRANT{on} {READER_ROLE} TO {name}"));
-        statements.push(format!("ALTER USER {name}{on} DEFAULT ROLE {READER_ROLE}"));
+        statements.extend(user_statements(
+            config,
+            user,
+            READER_ROLE,
+            " SETTINGS readonly = 2",
+        ));
     }
     statements
 }
 
+/// The statements that create the automations' role and its grants, then (when `user` is
+/// given) the user holding it. Idempotent, like [`reader_statements`].
+pub fn automations_statements(config: &SchemaConfig, user: Option<&User>) -> Vec<String> {
+    let db = &config.database;
+    let on = config.on_cluster();
+    let mut statements = vec![format!("CREATE ROLE IF NOT EXISTS {AUTOMATIONS_ROLE}{on}")];
+    for (tables, rights) in [
+        (AUTOMATIONS_TABLES, "SELECT, INSERT"),
+        (AUTOMATIONS_READS, "SELECT"),
+    ] {
+        for table in tables {
+            for name in physical_names(config, table) {
+                statements.push(format!(
+                    "GRANT{on} {rights} ON {db}.{name} TO {AUTOMATIONS_ROLE}"
+                ));
+            }
+        }
+    }
+    if let Some(user) = user {
+        // Not readonly: it inserts.
+        statements.extend(user_statements(config, user, AUTOMATIONS_ROLE, ""));
+    }
+    statements
+}
+
+/// `user`, identified by its password's hash, holding `role` by default.
+fn user_statements(config: &SchemaConfig, user: &User, role: &str, settings: &str) -> Vec<String> {
+    let on = config.on_cluster();
+    let name = &user.name;
+    let identified = format!(
+        "IDENTIFIED WITH sha256_hash BY '{}'{settings}",
+        user.password_sha256
+    );
+    vec![
+        format!("CREATE USER IF NOT EXISTS {name}{on} {identified}"),
+        // Applied again when the user exists, so that rerunning migrate rotates the password.
+        format!("ALTER USER {name}{on} {identified}"),
+        format!("GRANT{on} {role} TO {name}"),
+        format!("ALTER USER {name}{on} DEFAULT ROLE {role}"),
+    ]
+}
+
 /// The tables a name stands for: itself on a node; the Distributed table and its local table
-/// on a cluster.
+/// on a cluster (one table on every node for the bookkeeping ones).
 fn physical_names(config: &SchemaConfig, name: &str) -> Vec<String> {
     let table = ddl::table_by_name(name);
-    match config.topology {
-        Topology::SingleNode => vec![table.name.to_string()],
-        Topology::Cluster(_) => vec![table.name.to_string(), config.local_name(table)],
+    let mut names = vec![table.name.to_string()];
+    if let Topology::Cluster(_) = config.topology {
+        names.push(config.local_name(table));
+        names.dedup();
     }
+    names
 }
 
 /// True when `name` can be used unquoted as a ClickHouse user name in these statements.
@@ -184,7 +246,7 @@ mod tests {
 
     #[test]
     fn the_password_appears_only_as_its_hash() {
-        let user = ReaderUser::new("flowhouse_query", "correct horse");
+        let user = User::new("flowhouse_query", "correct horse");
         let statements = reader_statements(&config(Topology::SingleNode), Some(&user));
         let text = statements.join("\n");
         assert!(!text.contains("correct horse"));
@@ -192,6 +254,44 @@ mod tests {
         assert!(text.contains("4104d36f8da2c254349f85836793ebe029e0c957063a34c91c2e9203187b5631"));
         assert!(text.contains("SETTINGS readonly = 2"));
         assert!(text.contains(&format!("GRANT {READER_ROLE} TO flowhouse_query")));
+    }
+
+    #[test]
+    fn the_automations_write_their_own_tables_and_read_events_and_flow_runs_only() {
+        let user = User::new("flowhouse_automations", "pw");
+        let statements = automations_statements(&config(Topology::SingleNode), Some(&user));
+        let grants: Vec<&String> = statements
+            .iter()
+            .filter(|s| s.starts_with("GRANT") && s.contains(" ON "))
+            .collect();
+        let mut expected: Vec<String> = AUTOMATIONS_TABLES
+            .iter()
+            .map(|t| format!("GRANT SELECT, INSERT ON fh.{t} TO {AUTOMATIONS_ROLE}"))
+            .collect();
+        expected.extend(
+            ["events", "flow_runs"]
+                .iter()
+                .map(|t| format!("GRANT SELECT ON fh.{t} TO {AUTOMATIONS_ROLE}")),
+        );
+        assert_eq!(grants, expected.iter().collect::<Vec<_>>());
+        let text = statements.join("\n");
+        assert!(!text.contains("readonly"), "it inserts");
+        assert!(text.contains(&format!(
+            "GRANT {AUTOMATIONS_ROLE} TO flowhouse_automations"
+        )));
+        assert!(!text.contains(READER_ROLE));
+        // On a cluster: the Distributed and the local tables; the leases' one table once.
+        let cluster = automations_statements(&config(Topology::Cluster("c".into())), None);
+        assert!(
+            cluster
+                .iter()
+                .any(|s| s.contains("ON fh.automation_state_local "))
+        );
+        let leases = cluster
+            .iter()
+            .filter(|s| s.contains(" ON fh.automation_leases"))
+            .count();
+        assert_eq!(leases, 1, "{cluster:?}");
     }
 
     #[test]

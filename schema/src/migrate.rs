@@ -401,6 +401,20 @@ pub struct Args {
         requires = "reader_user"
     )]
     pub reader_password: Option<String>,
+    /// Also create (or update) this ClickHouse user for the automations (their API and
+    /// evaluator: `FLOWHOUSE_AUTOMATIONS_CLICKHOUSE_USER` of the services): SELECT and INSERT on
+    /// their own tables, SELECT on the events and the flow-run rollup, nothing else (see
+    /// `flowhouse_schema::access`). Needs a server with access management.
+    #[arg(long, env = "FLOWHOUSE_AUTOMATIONS_USER")]
+    pub automations_user: Option<String>,
+    /// The password of --automations-user (rerunning migrate with a new one changes it).
+    #[arg(
+        long,
+        env = "FLOWHOUSE_AUTOMATIONS_PASSWORD",
+        hide_env_values = true,
+        requires = "automations_user"
+    )]
+    pub automations_password: Option<String>,
 }
 
 impl Args {
@@ -416,23 +430,59 @@ impl Args {
     }
 }
 
-/// The reader user of the flags: `None` without --reader-user; `Some(None)` with a user but no
-/// password (enough to print the role and policies).
-fn reader_user(args: &Args) -> anyhow::Result<Option<Option<access::ReaderUser>>> {
-    let Some(name) = &args.reader_user else {
+/// A user of the flags (`--{flag}-user`, `--{flag}-password`): `None` without the user;
+/// `Some(None)` with a user but no password (enough to print the role and its grants).
+fn user_of(
+    flag: &str,
+    name: Option<&String>,
+    password: Option<&String>,
+) -> anyhow::Result<Option<Option<access::User>>> {
+    let Some(name) = name else {
         return Ok(None);
     };
     if !access::is_plain_user_name(name) {
         bail!(
-            "--reader-user {name:?}: use letters, digits and underscores (at most 64, not \
+            "--{flag}-user {name:?}: use letters, digits and underscores (at most 64, not \
              starting with a digit)"
         );
     }
     Ok(Some(
-        args.reader_password
-            .as_deref()
-            .map(|password| access::ReaderUser::new(name, password)),
+        password.map(|password| access::User::new(name, password)),
     ))
+}
+
+/// A user migrate sets up: its flags' name, the user (`Some(None)`: no password), the
+/// statements that create it and its role, and what it holds.
+struct UserSetup {
+    flag: &'static str,
+    user: Option<Option<access::User>>,
+    statements: fn(&SchemaConfig, Option<&access::User>) -> Vec<String>,
+    holds: &'static str,
+}
+
+fn users(args: &Args) -> anyhow::Result<[UserSetup; 2]> {
+    Ok([
+        UserSetup {
+            flag: "reader",
+            user: user_of(
+                "reader",
+                args.reader_user.as_ref(),
+                args.reader_password.as_ref(),
+            )?,
+            statements: access::reader_statements,
+            holds: "SELECT on the tenant tables, tenant row policies",
+        },
+        UserSetup {
+            flag: "automations",
+            user: user_of(
+                "automations",
+                args.automations_user.as_ref(),
+                args.automations_password.as_ref(),
+            )?,
+            statements: access::automations_statements,
+            holds: "SELECT and INSERT on the automations' tables, SELECT on events and flow_runs",
+        },
+    ])
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -440,20 +490,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.retention_days == 0 {
         bail!("--retention-days must be at least 1");
     }
-    let reader = reader_user(&args)?;
+    let users = users(&args)?;
     if args.print {
         for statement in full_schema(&config) {
             println!("{statement};\n");
         }
-        if let Some(reader) = &reader {
-            for statement in access::reader_statements(&config, reader.as_ref()) {
-                println!("{statement};\n");
+        for setup in &users {
+            if let Some(user) = &setup.user {
+                for statement in (setup.statements)(&config, user.as_ref()) {
+                    println!("{statement};\n");
+                }
             }
         }
         return Ok(());
     }
-    if let Some(None) = &reader {
-        bail!("--reader-user needs --reader-password (or FLOWHOUSE_READER_PASSWORD)");
+    for setup in &users {
+        if let Some(None) = setup.user {
+            bail!(
+                "--{flag}-user needs --{flag}-password (or FLOWHOUSE_{}_PASSWORD)",
+                setup.flag.to_uppercase(),
+                flag = setup.flag
+            );
+        }
     }
     let server = args.clickhouse.server_client();
     let applied = apply(&server, &config).await.with_context(|| {
@@ -462,21 +520,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             config.database, args.clickhouse.url
         )
     })?;
-    if let Some(Some(user)) = &reader {
-        for statement in access::reader_statements(&config, Some(user)) {
+    for setup in &users {
+        let Some(Some(user)) = &setup.user else {
+            continue;
+        };
+        for statement in (setup.statements)(&config, Some(user)) {
             server.query(&statement).execute().await.with_context(|| {
                 format!(
-                    "cannot set up the reader user {} (the ClickHouse user of migrate needs \
+                    "cannot set up the {} user {} (the ClickHouse user of migrate needs \
                      access management: CREATE ROLE, CREATE USER, CREATE ROW POLICY, GRANT)",
-                    user.name
+                    setup.flag, user.name
                 )
             })?;
         }
-        println!(
-            "reader user {} holds {} (SELECT on the tenant tables, tenant row policies)",
-            user.name,
-            access::READER_ROLE
-        );
+        println!("{} user {} holds {}", setup.flag, user.name, setup.holds);
     }
     let latest = latest_version();
     if applied.is_empty() {

@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod fixtures;
 pub mod served;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -318,6 +319,21 @@ impl ServiceProcess {
                 return status.code();
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Waits up to `timeout` for the process to end by itself; its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         None
     }

@@ -1,19 +1,39 @@
-//! The query API's read-only user and the tenant row policies (`flowhouse_schema::access`).
+//! The query API's read-only user, the tenant row policies and the automations' user
+//! (`flowhouse_schema::access`).
 //!
 //! The local engine has one user and no access control, so, like the cluster DDL, the
 //! statements are checked by having the engine parse them (`formatQuery`) and by comparing
 //! what they cover with the tables of the printed schema as the engine reads them: every
-//! table ordered by tenant gets SELECT and both policies, no other table is readable.
+//! table ordered by tenant gets SELECT and both policies, no other table is readable; the
+//! automations write exactly their own tables and read the events and the flow-run rollup.
+//! That the automations need nothing more is checked by running every kind of trigger, a
+//! firing and the API's reads in a database that holds only the tables they are granted.
 
 use std::collections::BTreeSet;
 use std::process::Output;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use flowhouse_automations::clock::ManualClock;
+use flowhouse_automations::lease::{LeaseConfig, Leases};
+use flowhouse_automations::model::{Automation, Limits, parse_core};
+use flowhouse_automations::store::{Sort, Store};
+use flowhouse_schema::Tenant;
 use flowhouse_schema::access::{
-    ACCOUNT_SETTING, OTHERS_POLICY, READER_ROLE, TENANT_POLICY, WORKSPACE_SETTING,
+    ACCOUNT_SETTING, AUTOMATIONS_READS, AUTOMATIONS_ROLE, AUTOMATIONS_TABLES, OTHERS_POLICY,
+    READER_ROLE, TENANT_POLICY, WORKSPACE_SETTING,
 };
+use flowhouse_schema::ddl::{SchemaConfig, Topology};
+use flowhouse_schema::rows::EventRow;
+use flowhouse_service::clickhouse::ClickHouseArgs;
 use flowhouse_tests::{Stack, flowhouse_binary, unique_name};
+use serde_json::json;
+use uuid::Uuid;
 
 const PASSWORD: &str = "a reader's password";
+const AUTOMATIONS_PASSWORD: &str = "the automations' password";
 
 async fn flowhouse(stack: &Stack, database: &str, args: &[&str], password: bool) -> Output {
     let mut command = tokio::process::Command::new(flowhouse_binary());
@@ -24,9 +44,14 @@ async fn flowhouse(stack: &Stack, database: &str, args: &[&str], password: bool)
         .env("CLICKHOUSE_PASSWORD", &stack.clickhouse.password)
         .env("CLICKHOUSE_DATABASE", database)
         .env("FLOWHOUSE_LOG_FORMAT", "text")
-        .env_remove("FLOWHOUSE_READER_PASSWORD");
+        .env_remove("FLOWHOUSE_READER_PASSWORD")
+        .env_remove("FLOWHOUSE_AUTOMATIONS_PASSWORD");
     if password {
         command.env("FLOWHOUSE_READER_PASSWORD", PASSWORD);
+        // Only with its user: a password alone is refused (`requires`).
+        if args.contains(&"--automations-user") {
+            command.env("FLOWHOUSE_AUTOMATIONS_PASSWORD", AUTOMATIONS_PASSWORD);
+        }
     }
     command.output().await.expect("run flowhouse")
 }
@@ -65,6 +90,10 @@ async fn printed_statements(client: &clickhouse::Client, output: &Output) -> Vec
     );
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(!text.contains(PASSWORD), "the password is printed");
+    assert!(
+        !text.contains(AUTOMATIONS_PASSWORD),
+        "the password is printed"
+    );
     let printed: Vec<String> = text
         .split(";\n\n")
         .map(str::trim)
@@ -117,7 +146,14 @@ fn tables(statements: &[String], database: &str) -> Vec<(String, String)> {
 async fn check(stack: &Stack, cluster: Option<&str>) {
     let client = stack.clickhouse.server_client();
     let database = "flowhouse";
-    let mut args = vec!["migrate", "--print", "--reader-user", "flowhouse_query"];
+    let mut args = vec![
+        "migrate",
+        "--print",
+        "--reader-user",
+        "flowhouse_query",
+        "--automations-user",
+        "flowhouse_automations",
+    ];
     if let Some(cluster) = cluster {
         args.extend(["--cluster", cluster]);
     }
@@ -149,6 +185,7 @@ async fn check(stack: &Stack, cluster: Option<&str>) {
     assert!(other_tables.contains("ingest_batches"));
 
     let mut granted = BTreeSet::new();
+    let mut automations_grants = BTreeSet::new();
     let mut tenant_policies = BTreeSet::new();
     let mut other_policies = BTreeSet::new();
     for statement in statements.iter().filter(|s| {
@@ -167,7 +204,24 @@ async fn check(stack: &Stack, cluster: Option<&str>) {
             s.split_once(&format!(" ON {database}."))
                 .map(|(_, rest)| rest.split_whitespace().next().unwrap().to_string())
         };
-        if statement.starts_with("GRANT") && statement.contains("SELECT") {
+        if statement.starts_with("GRANT")
+            && statement.contains(&format!(" ON {database}."))
+            && statement.ends_with(&format!("TO {AUTOMATIONS_ROLE}"))
+        {
+            // "GRANT [ON CLUSTER c] SELECT, INSERT ON db.t TO role": the rights and the table,
+            // the local table of a cluster standing for its Distributed one.
+            let (head, _) = statement
+                .split_once(&format!(" ON {database}."))
+                .expect("a table");
+            let rights = head
+                .trim_start_matches("GRANT")
+                .trim_start_matches(on_cluster.as_deref().unwrap_or(""))
+                .trim()
+                .to_string();
+            let table = target(statement).expect("a table");
+            let table = table.strip_suffix("_local").unwrap_or(&table).to_string();
+            automations_grants.insert((table, rights));
+        } else if statement.starts_with("GRANT") && statement.contains("SELECT") {
             assert!(
                 statement.ends_with(&format!("TO {READER_ROLE}")),
                 "{statement}"
@@ -200,13 +254,56 @@ async fn check(stack: &Stack, cluster: Option<&str>) {
     );
     assert_eq!(tenant_policies, tenant_tables, "a tenant policy on each");
     assert_eq!(other_policies, tenant_tables, "and the one for other users");
-    let user: Vec<_> = statements
+    // The automations: their own tables, every one of them, read and written; the events and
+    // the flow-run rollup read; nothing else.
+    let own: BTreeSet<String> = created
         .iter()
-        .filter(|s| {
-            (s.starts_with("CREATE USER") || s.starts_with("ALTER USER"))
-                && s.contains("IDENTIFIED")
-        })
+        .map(|(name, _)| name.clone())
+        .filter(|name| name.starts_with("automation") && !name.ends_with("_local"))
         .collect();
+    assert_eq!(
+        own,
+        AUTOMATIONS_TABLES.iter().map(|t| t.to_string()).collect(),
+        "every automations table is the automations' own"
+    );
+    let mut expected: BTreeSet<(String, String)> = own
+        .iter()
+        .map(|t| (t.clone(), "SELECT, INSERT".to_string()))
+        .collect();
+    expected.extend(
+        AUTOMATIONS_READS
+            .iter()
+            .map(|t| (t.to_string(), "SELECT".to_string())),
+    );
+    assert_eq!(automations_grants, expected);
+    assert!(
+        AUTOMATIONS_READS.iter().all(|t| tenant_tables.contains(*t)),
+        "{AUTOMATIONS_READS:?} are tables of the schema"
+    );
+    let on = on_cluster.as_deref().unwrap_or("");
+    assert!(
+        statements.contains(&format!(
+            "GRANT{on} {AUTOMATIONS_ROLE} TO flowhouse_automations"
+        )),
+        "the automations' user holds its role"
+    );
+    let identified = |name: &str| -> Vec<&String> {
+        statements
+            .iter()
+            .filter(|s| {
+                (s.starts_with("CREATE USER") || s.starts_with("ALTER USER"))
+                    && s.contains("IDENTIFIED")
+                    && s.contains(&format!(" {name}"))
+            })
+            .collect()
+    };
+    let automations_user = identified("flowhouse_automations");
+    assert_eq!(automations_user.len(), 2, "{automations_user:?}");
+    for statement in automations_user {
+        assert!(statement.contains("sha256_hash"), "{statement}");
+        assert!(!statement.contains("readonly"), "it inserts: {statement}");
+    }
+    let user = identified("flowhouse_query");
     assert_eq!(user.len(), 2, "CREATE USER and ALTER USER: {user:?}");
     assert!(
         statements
@@ -215,7 +312,6 @@ async fn check(stack: &Stack, cluster: Option<&str>) {
                 && s.ends_with(&format!("DEFAULT ROLE {READER_ROLE}"))),
         "the role is the user's default"
     );
-    let on = on_cluster.as_deref().unwrap_or("");
     assert!(
         statements.contains(&format!("GRANT{on} {READER_ROLE} TO flowhouse_query")),
         "the user holds the role"
@@ -273,6 +369,162 @@ async fn migrate_says_what_is_missing_when_it_cannot_create_the_reader() {
     stack
         .clickhouse
         .server_client()
+        .query(&format!("DROP DATABASE IF EXISTS {database}"))
+        .execute()
+        .await
+        .unwrap();
+}
+
+/// The automations need nothing but what their role is granted: in a database holding only
+/// those tables (the local engine has no access control, so every other table is dropped
+/// instead), every kind of trigger is evaluated, one fires and is delivered, and the API's
+/// reads answer. A query of any other table would fail with UNKNOWN_TABLE.
+#[tokio::test]
+async fn the_automations_run_on_the_tables_their_role_is_granted_alone() {
+    let stack = Stack::from_env();
+    let database = unique_name("automations_access");
+    let server = stack.clickhouse.server_client();
+    flowhouse_schema::migrate::apply(
+        &server,
+        &SchemaConfig {
+            database: database.clone(),
+            topology: Topology::SingleNode,
+            retention_days: 30,
+        },
+    )
+    .await
+    .expect("migrate");
+    let granted: BTreeSet<&str> = AUTOMATIONS_TABLES
+        .iter()
+        .chain(AUTOMATIONS_READS)
+        .copied()
+        .collect();
+    // Views first: the events' materialized views would fail inserts into dropped rollups.
+    let tables: Vec<(String, String)> = server
+        .query(
+            "SELECT name, engine FROM system.tables WHERE database = {db:String}
+             ORDER BY engine = 'MaterializedView' DESC",
+        )
+        .param("db", &database)
+        .fetch_all()
+        .await
+        .unwrap();
+    for (name, _) in tables.iter().filter(|(n, _)| !granted.contains(n.as_str())) {
+        server
+            .query(&format!("DROP TABLE {database}.{name}"))
+            .execute()
+            .await
+            .unwrap();
+    }
+    let client = ClickHouseArgs {
+        database: database.clone(),
+        ..stack.clickhouse.clone()
+    };
+    let store = Store::new(client.client());
+    let tenant = Tenant {
+        account_id: Uuid::new_v4(),
+        workspace_id: Uuid::new_v4(),
+    };
+    let now = Utc::now();
+    let flow = json!({"prefect.resource.role": "flow", "prefect.resource.id": "prefect.flow.x"});
+    let metric = |name: &str, operator: &str| {
+        json!({"type": "metric", "match_related": flow, "metric": {"name": name,
+            "operator": operator, "threshold": 1, "range": 300, "firing_for": 300}})
+    };
+    let triggers = [
+        metric("successes", "<"),
+        metric("duration", ">"),
+        metric("lateness", ">"),
+        json!({"type": "event", "expect": ["prefect.flow-run.Crashed"], "threshold": 1,
+            "within": 600}),
+        json!({"type": "event", "posture": "Proactive", "after": ["prefect.flow-run.Running"],
+            "expect": ["prefect.flow-run.Completed"], "for_each": ["prefect.resource.id"],
+            "threshold": 1, "within": 600}),
+        json!({"type": "event", "posture": "Proactive", "expect": ["prefect.flow-run.Completed"],
+            "threshold": 1, "within": 600}),
+    ];
+    let mut ids = Vec::new();
+    for (i, trigger) in triggers.iter().enumerate() {
+        let body = json!({"name": format!("trigger {i}"), "trigger": trigger,
+            "actions": [{"type": "do-nothing"}]});
+        let mut core = parse_core(body.to_string().as_bytes()).expect("a valid automation");
+        core.validate(&Limits::default())
+            .expect("a valid automation");
+        let automation = Automation {
+            id: Uuid::now_v7(),
+            core,
+            created: now,
+            updated: now,
+        };
+        store.put(tenant, &automation, false).await.unwrap();
+        ids.push(automation.id);
+    }
+    let raw = json!({"id": Uuid::new_v4(), "occurred": now.to_rfc3339(),
+        "event": "prefect.flow-run.Crashed",
+        "resource": {"prefect.resource.id": format!("prefect.flow-run.{}", Uuid::new_v4())}})
+    .to_string();
+    let parsed = flowhouse_schema::event::parse_event(
+        raw.as_bytes(),
+        &flowhouse_schema::event::Limits::default(),
+        now,
+    )
+    .unwrap();
+    let mut insert = client.client().insert::<EventRow>("events").await.unwrap();
+    insert
+        .write(&EventRow::new(tenant, now, &parsed))
+        .await
+        .unwrap();
+    insert.end().await.unwrap();
+
+    let args = flowhouse_automations::Args {
+        delay: Duration::ZERO,
+        ..flowhouse_automations::Args::default()
+    };
+    let clock = ManualClock::new(now + chrono::TimeDelta::seconds(1));
+    let mut evaluator = flowhouse_automations::evaluator(&args, &client, None, Arc::new(clock));
+    evaluator.leases = Leases::new(
+        client.client(),
+        format!("access/{}", Uuid::new_v4()),
+        LeaseConfig {
+            ttl: Duration::from_secs(30),
+            settle: Duration::from_millis(100),
+        },
+    );
+    // A round is short here; the default margin is one webhook's worst case.
+    evaluator.config.margin = Duration::from_secs(1);
+    let report = evaluator.tick().await.expect("a round");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.evaluated, triggers.len(), "{report:?}");
+    // The crash fires the reactive trigger; no completion, the proactive one without `after`.
+    assert_eq!(report.fired.len(), 2, "{report:?}");
+
+    // The API's reads.
+    assert_eq!(store.count(tenant).await.unwrap(), triggers.len() as u64);
+    assert_eq!(
+        store
+            .list(tenant, Sort::NameAsc, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        triggers.len()
+    );
+    assert!(store.get(tenant, ids[3]).await.unwrap().is_some());
+    let deliveries = store.deliveries(tenant, ids[3], 10).await.unwrap();
+    assert!(
+        deliveries
+            .iter()
+            .any(|d| d.action == "do-nothing" && d.outcome == "delivered"),
+        "{deliveries:?}"
+    );
+    let fired: BTreeSet<Uuid> = store
+        .last_fired(tenant)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(fired, BTreeSet::from([ids[3], ids[5]]));
+    server
         .query(&format!("DROP DATABASE IF EXISTS {database}"))
         .execute()
         .await

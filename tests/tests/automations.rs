@@ -14,14 +14,13 @@
 //!   reaches the receiver once by idempotency key, with at most one extra attempt after a crash.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::HeaderMap;
 use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
 use flowhouse_automations::clock::ManualClock;
-use flowhouse_automations::evaluate::{CrashAt, Crashed, Evaluator};
+use flowhouse_automations::crash::{CrashAt, Crashed, Failpoint};
+use flowhouse_automations::evaluate::Evaluator;
 use flowhouse_automations::lease::{LeaseConfig, Leases};
 use flowhouse_automations::model::{Automation, parse_core};
 use flowhouse_automations::store::Store;
@@ -29,61 +28,12 @@ use flowhouse_schema::Tenant;
 use flowhouse_schema::ddl::{SchemaConfig, Topology};
 use flowhouse_schema::rows::EventRow;
 use flowhouse_service::clickhouse::ClickHouseArgs;
+use flowhouse_tests::webhook::{Received, Receiver};
 use flowhouse_tests::{Stack, unique_name};
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-#[derive(Clone, Debug)]
-struct Received {
-    key: String,
-    body: Value,
-}
-
-/// A webhook receiver on a free loopback port that records every request.
-#[derive(Clone, Default)]
-struct Receiver {
-    seen: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Self, String) {
-        let receiver = Receiver::default();
-        let seen = receiver.seen.clone();
-        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
-            let seen = seen.clone();
-            async move {
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                let body = serde_json::from_slice(&body)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-                seen.lock().unwrap().push(Received { key, body });
-                "ok"
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (receiver, url)
-    }
-
-    fn all(&self) -> Vec<Received> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Requests per idempotency key.
-    fn attempts(&self) -> BTreeMap<String, usize> {
-        let mut by_key = BTreeMap::new();
-        for r in self.all() {
-            *by_key.entry(r.key).or_insert(0) += 1;
-        }
-        by_key
-    }
-}
 
 struct Rig {
     stack: Stack,
@@ -170,7 +120,7 @@ impl Rig {
             },
         );
         evaluator.config.margin = Duration::from_millis(500);
-        evaluator.crash_at = crash_at;
+        evaluator.crash_at = crash_at.map(Failpoint::in_process);
         evaluator
     }
 

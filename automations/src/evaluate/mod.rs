@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::crash::{CrashAt, Crashed, Failpoint};
 use crate::deliver::{Deliverer, automation_event};
 use crate::lease::{Held, Leases};
 use crate::model::{Action, Automation, Trigger};
@@ -40,21 +41,6 @@ pub struct Observation {
     /// Related resources of the automation's event.
     pub related: Vec<Value>,
 }
-
-/// Where a test makes the evaluator stop as if killed (`kill -9`): right after the step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrashAt {
-    /// The decision (state with the pending delivery) is written; nothing sent.
-    Decided,
-    /// The actions are sent; the acknowledgement is not written.
-    Sent,
-    /// The acknowledgement is written.
-    Acknowledged,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("crashed on purpose at {0:?}")]
-pub struct Crashed(pub CrashAt);
 
 #[derive(Clone, Debug)]
 pub struct EvalConfig {
@@ -110,7 +96,8 @@ pub struct Evaluator {
     pub deliverer: Deliverer,
     pub clock: Arc<dyn Clock>,
     pub config: EvalConfig,
-    pub crash_at: Option<CrashAt>,
+    /// A failpoint of the crash tests (`crate::crash`); `None` in production.
+    pub crash_at: Option<Failpoint>,
 }
 
 pub fn shard_of(id: Uuid, shards: u32) -> u32 {
@@ -334,7 +321,7 @@ impl Evaluator {
             state.pending = serde_json::to_string(&pending)?;
             state.version += 1;
             self.store.write_state(&state).await?;
-            if self.crash_at == Some(CrashAt::Decided) {
+            if Failpoint::reached(self.crash_at, CrashAt::Decided) {
                 return Ok(Outcome::Crashed(CrashAt::Decided));
             }
             if let Some(at) = self.send(tenant, a, &mut state, &pending, held).await? {
@@ -449,13 +436,13 @@ impl Evaluator {
                     .await?;
             }
         }
-        if self.crash_at == Some(CrashAt::Sent) {
+        if Failpoint::reached(self.crash_at, CrashAt::Sent) {
             return Ok(Some(CrashAt::Sent));
         }
         state.pending.clear();
         state.version += 1;
         self.store.write_state(state).await?;
-        if self.crash_at == Some(CrashAt::Acknowledged) {
+        if Failpoint::reached(self.crash_at, CrashAt::Acknowledged) {
             return Ok(Some(CrashAt::Acknowledged));
         }
         Ok(None)
@@ -471,6 +458,14 @@ impl Evaluator {
                     }
                     metrics::counter!("flowhouse_automations_fired_total")
                         .increment(report.fired.len() as u64);
+                    metrics::counter!("flowhouse_automations_resent_total")
+                        .increment(report.resent.len() as u64);
+                    // What this evaluator owns: an operator (and the process crash test)
+                    // sees whether it took over after another one died.
+                    metrics::counter!("flowhouse_automations_evaluated_total")
+                        .increment(report.evaluated as u64);
+                    metrics::gauge!("flowhouse_automations_shards_held")
+                        .set(report.shards_held as f64);
                     metrics::counter!("flowhouse_automations_errors_total")
                         .increment(report.errors.len() as u64);
                 }

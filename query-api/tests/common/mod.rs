@@ -8,10 +8,11 @@ pub mod truth;
 pub mod workload;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use flowhouse_keys::{KeyRecord, KeySet, Keys, KeysFile, Scope, key_hash};
 use flowhouse_query_api::live::Feed;
-use flowhouse_query_api::{AppState, Settings, router};
+use flowhouse_query_api::{AppState, Settings};
 use flowhouse_schema::Tenant;
 use flowhouse_schema::ddl::{SchemaConfig, Topology};
 use flowhouse_schema::rows::{EventRow, LogRow};
@@ -153,7 +154,22 @@ impl Harness {
         }
         let readiness = Readiness::default();
         readiness.ready("test");
-        let addr = serve(router(state.clone())).await;
+        // With the automations' routes, as `flowhouse query-api` serves them (the dashboard
+        // lists a workspace's automations).
+        let automations = Arc::new(flowhouse_automations::api::Api {
+            store: flowhouse_automations::store::Store::new(client.clone()),
+            limits: flowhouse_automations::model::Limits::default(),
+        });
+        let document = flowhouse_automations::api::merge_document(
+            flowhouse_query_api::document(),
+            &flowhouse_automations::api::document(),
+        );
+        let app = flowhouse_query_api::router_with(
+            state.clone(),
+            flowhouse_automations::api::routes(automations),
+            document,
+        );
+        let addr = serve(app).await;
         let admin_addr = serve(flowhouse_service::admin::routes(readiness)).await;
         let now = chrono::Utc::now().timestamp_micros();
         Self {

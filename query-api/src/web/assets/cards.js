@@ -215,6 +215,32 @@ export const CARDS = [
         })))];
     },
   },
+  {
+    id: 'automations',
+    title: 'Automations',
+    wide: true,
+    // Not a metric of the window: the workspace's automations, each with its last firing.
+    async fetch(ctx) {
+      try {
+        return await ctx.api.get(`${ctx.base}/automations/status`, ctx.signal);
+      } catch (error) {
+        // A query API without the automations' routes (they come with `flowhouse query-api`).
+        if (error.status === 404) return { data: null, asOf: Date.now(), fresh: true };
+        throw error;
+      }
+    },
+    render(answer, ctx) {
+      if (answer === null) return empty('Automations are not served here.');
+      if (answer.length === 0) return empty('No automation in this workspace (flowhouse automations create).');
+      return [h('table', { 'data-table': 'automations' },
+        h('thead', {}, h('tr', {}, ['Automation', 'Trigger', 'Enabled', 'Last firing'].map((c) => h('th', { scope: 'col', text: c })))),
+        h('tbody', {}, answer.map((a) => h('tr', { 'data-id': a.id },
+          h('th', { scope: 'row', text: a.name }),
+          h('td', { text: a.trigger }),
+          h('td', { text: a.enabled ? 'on' : 'off' }),
+          h('td', { text: a.last_fired ? `${a.last_transition} ${timeLabel(a.last_fired, ctx.view.tz)}` : 'never' })))))];
+    },
+  },
 ];
 
 const PREFIX = { flow: 'prefect.flow.', deployment: 'prefect.deployment.', work_pool: 'prefect.work-pool.', tag: 'prefect.tag.' };
