@@ -105,13 +105,13 @@ fn columns(table: &str) -> Vec<(String, String, &'static str)> {
     ];
     let (prefix, statement) = flowhouse_schema::migrate::full_schema(&config)
         .into_iter()
-        .filter_map(|statement| {
+        .rev()
+        .find_map(|statement| {
             let prefix = prefixes
                 .iter()
                 .find(|p| statement.starts_with(p.as_str()))?;
             Some((prefix.clone(), statement))
         })
-        .last()
         .unwrap_or_else(|| panic!("no table {table} in the schema"));
     let end = statement.find("\nENGINE").expect("ENGINE clause");
     let list = statement[prefix.len()..end]
