@@ -19,6 +19,7 @@
 pub mod api;
 pub mod baselines;
 pub mod chaos;
+pub mod cpu;
 pub mod dashboards;
 pub mod freshness;
 pub mod rss;
