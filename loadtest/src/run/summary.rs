@@ -317,7 +317,8 @@ pub fn print(report: &Report, outcome: &Outcome) {
     if v.mismatches == 0 {
         println!(
             "verified: all {} cards of {} tenants equal the ground truth",
-            v.cards_checked, w.tenants
+            v.cards_checked,
+            v.cards_checked / super::api::CARDS.len() as u64
         );
     } else {
         println!(
