@@ -54,7 +54,7 @@ fn charts_render_to_png() {
         })
         .collect();
     let fresh = dir.join("freshness.png");
-    plot::freshness_chart(&fresh, &freshness).unwrap();
+    plot::freshness_chart(&fresh, &[("visible", &freshness)]).unwrap();
     assert!(is_png(&fresh));
 
     let mut latencies = Latencies::default();

@@ -1,8 +1,10 @@
-//! The whole path, small: `flowhouse loadtest run` drives a generated workload through the real
-//! endpoint (HTTP) into Kafka, the real ingest service into a fresh ClickHouse database, and
-//! asks the real query API, with dashboards refreshing meanwhile; then it verifies every metric
-//! card of every tenant against the ground truth. The test checks its exit code, its report and
-//! the rows in ClickHouse against the generator's counts.
+//! The whole path, small: `flowhouse loadtest run --backlog` pre-loads a backlog into Kafka,
+//! measures the baselines on it, starts the real ingest service (the run owns it) and times its
+//! drain; then drives a generated workload through the real endpoint (HTTP) into Kafka and
+//! ingest into a fresh ClickHouse database, and asks the real query API, with dashboards
+//! refreshing meanwhile; then it verifies every metric card of every tenant of both phases
+//! against the ground truth. The test checks its exit code, its report and the rows in
+//! ClickHouse against the generator's counts.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,6 +18,8 @@ use serde_json::Value;
 /// Messages in the run: big enough for every metric to have data in every tenant, small enough
 /// for seconds of broker time.
 const MESSAGES: u64 = 20_000;
+/// About this many messages in the backlog phase (sized, not cut: the report says how many).
+const BACKLOG: u64 = 5_000;
 
 struct World {
     stack: Stack,
@@ -79,16 +83,13 @@ async fn a_small_run_verifies_the_whole_path() {
     );
 
     let address = || format!("127.0.0.1:{}", free_port());
-    let (ingest_admin, endpoint, endpoint_admin, query_api, query_admin) =
-        (address(), address(), address(), address(), address());
-    let mut ingest = world.start(
-        &["ingest"],
-        &[
-            ("FLOWHOUSE_INGEST_ADMIN_LISTEN", ingest_admin.clone()),
-            ("FLOWHOUSE_INGEST_GROUP", unique_name("ingest")),
-            ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "300ms".into()),
-        ],
-    );
+    let (endpoint, endpoint_admin, query_api, query_admin) =
+        (address(), address(), address(), address());
+    // No ingest here: the run starts it after the backlog, with the run's environment.
+    let ingest_env = [
+        ("FLOWHOUSE_INGEST_GROUP", unique_name("ingest")),
+        ("FLOWHOUSE_INGEST_BATCH_MAX_AGE", "300ms".to_string()),
+    ];
     let mut endpoint_service = world.start(
         &["endpoint"],
         &[
@@ -105,9 +106,6 @@ async fn a_small_run_verifies_the_whole_path() {
             ("FLOWHOUSE_PAGE_TOKEN_SECRET", unique_name("secret")),
         ],
     );
-    ingest
-        .wait_ready(&format!("http://{ingest_admin}"), Duration::from_secs(120))
-        .await;
     endpoint_service
         .wait_ready(
             &format!("http://{endpoint_admin}"),
@@ -123,7 +121,6 @@ async fn a_small_run_verifies_the_whole_path() {
     // (the ground truth counts what was handed out, so the cut keeps it exact).
     let (sized, messages) = ((MESSAGES * 6 / 5).to_string(), MESSAGES.to_string());
     let services = [
-        format!("ingest={}", ingest.pid()),
         format!("endpoint={}", endpoint_service.pid()),
         format!("query-api={}", query_service.pid()),
     ];
@@ -153,10 +150,12 @@ async fn a_small_run_verifies_the_whole_path() {
                 .args(["--query-admin-url", &format!("http://{query_admin}")])
                 .args(["--dashboard-users", "4", "--dashboard-refresh", "1s"])
                 .args(["--freshness-every", "1s", "--visible-timeout", "4m"])
+                .args(["--backlog", &BACKLOG.to_string()])
                 .args(services.iter().flat_map(|s| ["--service-pid", s.as_str()]))
                 .arg("--out-dir")
                 .arg(&out_dir)
                 .envs(env)
+                .envs(ingest_env)
                 .env("FLOWHOUSE_LOG_FORMAT", "text")
                 .output()
                 .expect("run flowhouse loadtest run")
@@ -170,7 +169,7 @@ async fn a_small_run_verifies_the_whole_path() {
         "loadtest run failed ({}):\n{stdout}\n{}\ningest log:\n{}\nendpoint log:\n{}\nquery API log:\n{}",
         run.status,
         String::from_utf8_lossy(&run.stderr),
-        ingest.log_text(),
+        std::fs::read_to_string(out_dir.join("ingest.log")).unwrap_or_default(),
         endpoint_service.log_text(),
         query_service.log_text()
     );
@@ -196,27 +195,43 @@ async fn a_small_run_verifies_the_whole_path() {
     // Every field the benchmark reads is there.
     for field in [
         "events_per_sec",
-        "broker_drain_per_sec",
+        "live_vs_produced",
+        "backlog_drain_per_sec",
+        "backlog_drain_vs_broker",
+        "backlog_drain_vs_raw_insert",
         "freshness_p99_ms",
-        "query_p50_ms",
-        "query_p99_ms",
+        "freshness_dashboard_p99_ms",
+        "dashboard_p50_ms",
+        "dashboard_p99_ms",
+        "dashboard_max_ms",
+        "uncached_idle_p50_ms",
         "cache_hit_rate",
     ] {
         assert!(report[field].is_number(), "{field} missing: {context}");
     }
-    // The broker drain read the run's messages (and the freshness markers); the raw insert
-    // wrote exactly the run's rows.
-    assert!(
-        report["baselines"]["broker_drain"]["items"]
-            .as_u64()
-            .unwrap()
-            >= MESSAGES,
-        "{context}"
-    );
-    assert_eq!(
-        report["baselines"]["raw_insert"]["items"], MESSAGES,
-        "{context}"
-    );
+    for (field, service) in [
+        ("cpu_us_per_msg", "ingest"),
+        ("cpu_us_per_msg", "endpoint"),
+        ("peak_rss_mb", "ingest"),
+        ("peak_rss_mb", "endpoint"),
+        ("peak_rss_mb", "query-api"),
+    ] {
+        assert!(
+            report[field][service].as_f64().is_some_and(|v| v > 0.0),
+            "{field}.{service} missing: {context}"
+        );
+    }
+    // The broker drain read exactly the backlog's offsets; the raw insert wrote exactly its
+    // rows; ingest drained all of it.
+    let backlog = report["backlog"]["messages"].as_u64().unwrap();
+    assert!(backlog > 0, "{context}");
+    for baseline in ["broker_drain", "raw_insert"] {
+        assert_eq!(
+            report["baselines"][baseline]["items"], backlog,
+            "{baseline}: {context}"
+        );
+    }
+    assert_eq!(report["backlog"]["drain"]["items"], backlog, "{context}");
     assert!(
         report["dashboards"]["requests"].as_u64().unwrap() > 0,
         "{context}"
@@ -257,18 +272,7 @@ async fn a_small_run_verifies_the_whole_path() {
         count("SELECT count() FROM logs WHERE workspace_id IN {ws:Array(UUID)}").await,
         logs
     );
-    // No scratch table of the raw-insert baseline is left behind.
-    let scratch: u64 = client
-        .query(
-            "SELECT count() FROM system.tables \
-             WHERE database = currentDatabase() AND startsWith(name, 'loadtest_scratch')",
-        )
-        .fetch_one()
-        .await
-        .expect("list tables");
-    assert_eq!(scratch, 0, "the raw-insert baseline left a scratch table");
-
-    for service in [&mut ingest, &mut endpoint_service, &mut query_service] {
+    for service in [&mut endpoint_service, &mut query_service] {
         assert_eq!(
             service.terminate(Duration::from_secs(60)),
             Some(0),

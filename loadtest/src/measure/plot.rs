@@ -146,14 +146,15 @@ pub fn throughput_chart(path: &Path, series: &[(&str, &[(f64, f64)])]) -> anyhow
     )
 }
 
-/// Freshness samples (milliseconds from produce to visible) over the run.
-pub fn freshness_chart(path: &Path, samples: &[(f64, f64)]) -> anyhow::Result<()> {
+/// Freshness samples (milliseconds from produce to visible, one line per where it was seen)
+/// over the run.
+pub fn freshness_chart(path: &Path, series: &[(&str, &[(f64, f64)])]) -> anyhow::Result<()> {
     line_chart(
         path,
-        "Freshness over time (produce to visible)",
+        "Freshness over time (produced to seen)",
         "seconds since start",
         "milliseconds",
-        &[("freshness", samples)],
+        series,
     )
 }
 

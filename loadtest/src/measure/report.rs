@@ -65,34 +65,67 @@ pub struct Series {
     pub ingested_per_sec: Vec<(f64, f64)>,
     /// Freshness samples: produce-to-visible milliseconds.
     pub freshness_ms: Vec<(f64, f64)>,
+    /// Freshness samples: produce-to-dashboard-answer milliseconds.
+    #[serde(default)]
+    pub freshness_dashboard_ms: Vec<(f64, f64)>,
 }
 
 /// The figures a benchmark run is compared on, at the top of the report. Rates are items per
-/// second on this machine; read them against the baselines and ratios beside them.
+/// second on this machine, which is shared and noisy: each is read against a baseline measured
+/// in the same run on the same data (the `*_vs_*` ratios). `docs/performance.md` explains each.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Headline {
-    /// Messages (events and log lines) acknowledged by the target.
+    pub verified: bool,
+    /// Live phase: messages (events and log lines) acknowledged by the target.
     pub events_sent: u64,
-    /// End to end: messages visible in ClickHouse per second, from the first send until the
-    /// last one was visible.
-    pub events_per_sec: f64,
-    /// Messages acknowledged by the target per second.
+    /// Live phase: messages acknowledged by the target per second.
     pub produce_per_sec: f64,
-    /// Baseline: the broker's consume-and-discard rate for the same messages.
+    /// Live phase, end to end: messages visible in ClickHouse per second, from the first send
+    /// until the last one was visible.
+    pub events_per_sec: f64,
+    /// `events_per_sec / produce_per_sec`: 1 when ingestion keeps up with what is sent.
+    pub live_vs_produced: Option<f64>,
+    /// Backlog phase: messages pre-loaded into the topics with ingest stopped.
+    pub backlog_messages: Option<u64>,
+    /// Backlog phase: ingest's drain rate, from its start until the backlog was all visible.
+    pub backlog_drain_per_sec: Option<f64>,
+    /// Baseline: the broker's consume-and-discard rate of the same backlog.
     pub broker_drain_per_sec: Option<f64>,
-    /// Baseline: the engine's raw insert rate for the same rows (no materialized views).
+    /// Baseline: the engine's insert rate of the same rows, materialized views attached.
     pub raw_insert_per_sec: Option<f64>,
+    pub backlog_drain_vs_broker: Option<f64>,
+    pub backlog_drain_vs_raw_insert: Option<f64>,
+    /// Produced to visible in ClickHouse (marker events).
     pub freshness_p50_ms: Option<f64>,
     pub freshness_p99_ms: Option<f64>,
-    /// Dashboard requests during the run, every card together.
-    pub query_p50_ms: Option<f64>,
-    pub query_p99_ms: Option<f64>,
-    /// Baseline: the same questions answered by scanning raw events and logs.
+    /// Produced to counted in a dashboard answer, through the query API and its cache (marker
+    /// log lines, the `logs` card).
+    pub freshness_dashboard_p50_ms: Option<f64>,
+    pub freshness_dashboard_p99_ms: Option<f64>,
+    /// Dashboard latency during ingestion: each percentile of the worst route.
+    pub dashboard_p50_ms: Option<f64>,
+    pub dashboard_p95_ms: Option<f64>,
+    pub dashboard_p99_ms: Option<f64>,
+    pub dashboard_max_ms: Option<f64>,
+    /// Reference: the same routes uncached on an idle engine, p50 of the worst route.
+    pub uncached_idle_p50_ms: Option<f64>,
+    /// Reference: the dashboard questions as scans of the raw events and logs, p50.
     pub raw_scan_p50_ms: Option<f64>,
     pub cache_hit_rate: Option<f64>,
-    pub verified: bool,
-    /// Named ratios of the figures above (e.g. `ingest_vs_broker_drain`).
-    pub ratios: BTreeMap<String, f64>,
+    /// CPU microseconds per message of each process on the message path, live phase.
+    pub cpu_us_per_msg: BTreeMap<String, f64>,
+    /// Peak resident set size (`VmHWM`) per service, MB.
+    pub peak_rss_mb: BTreeMap<String, f64>,
+}
+
+/// The backlog phase: pre-loaded with ingest stopped, then drained.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BacklogSummary {
+    pub messages: u64,
+    /// Ingest from its start until everything was visible.
+    pub drain: crate::run::baselines::Rate,
+    /// Ingest's CPU microseconds per backlog message.
+    pub cpu_us_per_msg: BTreeMap<String, f64>,
 }
 
 /// What the simulated dashboards did.
@@ -128,6 +161,9 @@ pub struct Report {
     pub dashboards: Option<DashboardSummary>,
     #[serde(default)]
     pub baselines: Option<Baselines>,
+    /// `--backlog` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BacklogSummary>,
     /// Resident memory of the services under test, by name.
     #[serde(default)]
     pub services_rss: BTreeMap<String, RssSummary>,
@@ -157,6 +193,7 @@ impl Report {
             files: Vec::new(),
             dashboards: None,
             baselines: None,
+            backlog: None,
             services_rss: BTreeMap::new(),
             errors: BTreeMap::new(),
             chaos: None,

@@ -2,14 +2,19 @@
 //!
 //! 1. Mint a read+write key per generated account (and one for the freshness markers' own
 //!    tenant) into the keys file the endpoint and the query API read.
-//! 2. Drive the workload (Kafka, HTTP or websocket) while, at the same time, `--dashboard-users`
-//!    dashboards refresh every card every `--dashboard-refresh` ([`dashboards`]), a sampler
-//!    counts the rows visible in ClickHouse every second ([`visibility`]), and marker events
-//!    measure freshness ([`freshness`]).
-//! 3. Wait until every event and log line sent is visible (bounded; says what is missing).
-//! 4. Baselines on the same data ([`baselines`]): broker drain, raw insert, raw-scan queries.
-//! 5. Verify every card of every tenant against the ground truth ([`verify`]).
-//! 6. Report: `report.json`, plots, a summary table and one tenant's dashboard ([`summary`]).
+//! 2. With `--backlog N` ([`backlog`]): pre-load a backlog into the topics, measure the broker's
+//!    and the engine's baselines on it, then start ingest (this run owns it, [`ingest`]) and
+//!    time its drain.
+//! 3. The live phase: drive the workload (Kafka, HTTP or websocket) while, at the same time,
+//!    `--dashboard-users` dashboards refresh every card every `--dashboard-refresh`
+//!    ([`dashboards`]), a sampler counts the rows visible in ClickHouse every second
+//!    ([`visibility`]), and markers measure freshness to ClickHouse and to a dashboard answer
+//!    ([`freshness`]); the services' CPU time is read at its start and end ([`cpu`]).
+//! 4. Wait until every event and log line sent is visible (bounded; says what is missing).
+//! 5. The raw-scan baseline of the dashboard questions ([`baselines`]).
+//! 6. Verify every card of every tenant (the backlog's too) against the ground truth
+//!    ([`verify`]); these first, uncached answers on an idle engine are the latency reference.
+//! 7. Report: `report.json`, plots, a summary table and one tenant's dashboard ([`summary`]).
 //!    Any mismatch, lost message or failed stage exits non-zero.
 //!
 //! With `--chaos` ([`chaos`]), the run starts two ingest instances and the endpoint itself,
@@ -17,15 +22,19 @@
 //! recovery time, and also verifies exact raw row counts per tenant.
 
 pub mod api;
+pub mod backlog;
 pub mod baselines;
 pub mod chaos;
+pub mod cpu;
 pub mod dashboards;
 pub mod freshness;
+pub mod ingest;
 pub mod rss;
 pub mod summary;
 pub mod verify;
 pub mod visibility;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -48,6 +57,7 @@ use crate::workload::Workload;
 use crate::{Target, WorkloadArgs};
 use api::QueryApi;
 use baselines::Baselines;
+use cpu::CpuTicks;
 use freshness::{MarkerPath, Markers};
 use visibility::{Counter, Sampler, Visible};
 
@@ -114,6 +124,12 @@ pub struct RunArgs {
     /// How long everything sent may take to become visible after the last acknowledgement.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub visible_timeout: Duration,
+    /// Before the live phase, write about this many messages (another workload, other tenants)
+    /// straight into the topics, measure the baselines on them, then start ingest and time its
+    /// drain. The run starts ingest itself (`flowhouse ingest` with this environment): do not
+    /// run one beside it. 0: no backlog phase, ingest runs outside.
+    #[arg(long, default_value_t = 0)]
+    pub backlog: u64,
     /// Skip the baselines (broker drain, raw insert, raw scans).
     #[arg(long)]
     pub no_baselines: bool,
@@ -138,7 +154,12 @@ pub struct Outcome {
     pub end_to_end_secs: f64,
     pub cache: Option<(f64, f64)>,
     pub baselines: Option<Baselines>,
+    pub backlog: Option<crate::measure::report::BacklogSummary>,
     pub raw_scans: crate::measure::Latencies,
+    /// Live phase: CPU microseconds per message of each service on the message path.
+    pub cpu_us_per_msg: BTreeMap<String, f64>,
+    /// `VmHWM` of each service at the end, MB.
+    pub peak_rss_mb: BTreeMap<String, f64>,
     pub verification: verify::Verification,
     /// With `--chaos`: the faults, their recoveries and the raw counts.
     pub chaos: Option<chaos::report::ChaosReport>,
@@ -150,6 +171,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // The endpoint's restart is one of the faults, and the HTTP driver is the one that
         // retries what a restart refuses.
         bail!("--chaos drives the workload through the endpoint: use --target http");
+    }
+    if args.chaos.chaos && args.backlog > 0 {
+        bail!("--chaos starts its own ingest instances: no --backlog with it");
     }
     let config = args.workload.window_config()?;
     let workload = Workload::new(config.clone())?;
@@ -195,16 +219,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let clickhouse = args.clickhouse.client();
     let counter = Counter::new(clickhouse.clone(), &tenants);
     flowhouse_service::kafka::ensure_topics(&args.kafka, &args.topics.specs()).await?;
-    let topics = [
-        args.topics.events_topic.clone(),
-        args.topics.logs_topic.clone(),
-    ];
-    let watermarks = |kafka: KafkaArgs, topics: [String; 2]| {
-        tokio::task::spawn_blocking(move || {
-            baselines::broker::watermarks(&kafka, &[topics[0].as_str(), topics[1].as_str()])
-        })
+    let backlog = if args.backlog > 0 {
+        Some(backlog::run(&args, &clickhouse, &progress).await?)
+    } else {
+        None
     };
-    let before = watermarks(args.kafka.clone(), topics.clone()).await??;
+    let mut services = args.services.clone();
+    if let Some(backlog) = &backlog {
+        services.push(rss::Service {
+            name: "ingest".into(),
+            pid: backlog.ingest.pid,
+        });
+    }
     let cache_before = cache_counts(&api).await;
     // Messages handed to the driver so far: the chaos faults are placed by it. Every request
     // to the endpoint passes the gate, which the chaos run may close (see `chaos`).
@@ -240,24 +266,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let marker_path = match args.target {
-        Target::Kafka => MarkerPath::kafka(&args.kafka, &args.topics.events_topic)?,
+        Target::Kafka => MarkerPath::kafka(
+            &args.kafka,
+            &args.topics.events_topic,
+            &args.topics.logs_topic,
+        )?,
         Target::Http | Target::Ws => MarkerPath::Endpoint {
             client: reqwest::Client::new(),
-            url: format!(
-                "{}/events",
-                EndpointTarget::new(args.endpoint_url.clone(), ApiKeys::One(String::new()))
-                    .workspace_url(&marker_tenant)
-            ),
-            key: marker_key,
+            url: EndpointTarget::new(args.endpoint_url.clone(), ApiKeys::One(String::new()))
+                .workspace_url(&marker_tenant),
+            key: marker_key.clone(),
             gate: Some(gate.clone()),
         },
     };
+    let ticks_per_sec = cpu::ticks_per_sec();
+    let cpu_start = CpuTicks::read(&services);
     let start = Instant::now();
-    let sampler = Sampler::start(counter.clone(), args.services.clone(), start);
+    let sampler = Sampler::start(counter.clone(), services.clone(), start);
     let markers = Markers::start(
         marker_path,
-        clickhouse.clone(),
-        marker_tenant,
+        freshness::Watch {
+            clickhouse: clickhouse.clone(),
+            api: api.clone(),
+            key: marker_key,
+            tenant: marker_tenant,
+        },
         args.freshness_every,
         start,
     );
@@ -316,6 +349,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 return Err(error);
             }
         };
+    let cpu_end = CpuTicks::read(&services);
+    let cpu_us_per_msg = cpu_start.us_per_message(&cpu_end, ticks_per_sec, expected.total());
     let end_to_end_secs = visible_at.duration_since(start).as_secs_f64();
     let dashboards_seen = dashboards.stop().await;
     let freshness = markers.stop().await;
@@ -324,20 +359,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (Some(before), Some(after)) => Some((after.0 - before.0, after.1 - before.1)),
         _ => None,
     };
-    let after = watermarks(args.kafka.clone(), topics).await??;
 
-    let (baselines, raw_scans) = if args.no_baselines {
-        (None, crate::measure::Latencies::default())
+    let (raw_scans, raw_scan_error) = if args.no_baselines {
+        (crate::measure::Latencies::default(), None)
     } else {
-        measure_baselines(
-            &args,
-            &clickhouse,
-            &config,
-            &stats,
-            &tenants,
-            (before, after),
-        )
-        .await
+        raw_scans(&clickhouse, &config, &tenants).await
     };
 
     let chaos = match chaos {
@@ -349,7 +375,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     progress.println("verifying every card of every tenant against the ground truth");
-    let verification = verify::verify(&api, &truth, &tenant_keys, config.start, config.end).await?;
+    let mut verification =
+        verify::verify(&api, &truth, &tenant_keys, config.start, config.end).await?;
+    let backlog = match backlog {
+        Some(backlog) => {
+            verification.absorb(
+                verify::verify(
+                    &api,
+                    &backlog.truth,
+                    &backlog.tenant_keys,
+                    backlog.config.start,
+                    backlog.config.end,
+                )
+                .await?,
+            );
+            Some(backlog)
+        }
+        None => None,
+    };
+    // Read before the run's own ingest stops: the peak over the whole run.
+    let peak_rss_mb: BTreeMap<String, f64> = services
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), rss::peak_rss_mb(s.pid)?)))
+        .collect();
+    let (mut baselines, backlog) = match backlog {
+        Some(backlog) => {
+            backlog.ingest.stop().await?;
+            (Some(backlog.baselines), Some(backlog.summary))
+        }
+        None => (None, None),
+    };
+    if let Some(error) = raw_scan_error {
+        baselines.get_or_insert_default().errors.push(error);
+    }
 
     let outcome = Outcome {
         stats,
@@ -360,7 +418,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         end_to_end_secs,
         cache,
         baselines,
+        backlog,
         raw_scans,
+        cpu_us_per_msg,
+        peak_rss_mb,
         verification,
         chaos,
     };
@@ -485,40 +546,21 @@ async fn cache_counts(api: &QueryApi) -> Option<(f64, f64)> {
     Some((hits, all))
 }
 
-/// Runs the three baselines; a baseline that fails is reported as such, not fatal.
-async fn measure_baselines(
-    args: &RunArgs,
+/// The raw-scan baseline of the dashboard questions; a failure leaves it empty and says why
+/// (reported with the other baselines' errors), it is not fatal.
+async fn raw_scans(
     clickhouse: &clickhouse::Client,
     config: &crate::workload::WorkloadConfig,
-    stats: &DriveStats,
     tenants: &[Tenant],
-    (before, after): (baselines::broker::Offsets, baselines::broker::Offsets),
-) -> (Option<Baselines>, crate::measure::Latencies) {
-    let mut out = Baselines::default();
-    eprintln!("baseline: the broker drains the same messages");
-    let kafka = args.kafka.clone();
-    match tokio::task::spawn_blocking(move || baselines::broker::drain(&kafka, &before, &after))
-        .await
-    {
-        Ok(Ok(rate)) => out.broker_drain = Some(rate),
-        Ok(Err(error)) => out.errors.push(format!("broker drain: {error:#}")),
-        Err(error) => out.errors.push(format!("broker drain: {error}")),
-    }
-    eprintln!("baseline: the engine inserts the same rows without materialized views");
-    match baselines::insert::raw_insert(clickhouse, config.clone(), stats.messages_sent).await {
-        Ok(rate) => out.raw_insert = Some(rate),
-        Err(error) => out.errors.push(format!("raw insert: {error:#}")),
-    }
+) -> (crate::measure::Latencies, Option<String>) {
     eprintln!("baseline: the dashboard questions as raw scans");
     // Three tenants, three times each: enough for a median, short even on a big run.
     let scanned: Vec<Tenant> = tenants.iter().take(3).copied().collect();
-    let raw =
-        match baselines::scan::raw_scans(clickhouse, &scanned, config.start, config.end, 3).await {
-            Ok(latencies) => latencies,
-            Err(error) => {
-                out.errors.push(format!("raw scans: {error:#}"));
-                crate::measure::Latencies::default()
-            }
-        };
-    (Some(out), raw)
+    match baselines::scan::raw_scans(clickhouse, &scanned, config.start, config.end, 3).await {
+        Ok(latencies) => (latencies, None),
+        Err(error) => (
+            crate::measure::Latencies::default(),
+            Some(format!("raw scans: {error:#}")),
+        ),
+    }
 }

@@ -1,5 +1,6 @@
-//! Resident memory of the services under test, from `/proc/<pid>/status` (Linux), sampled
-//! while the run goes.
+//! Resident memory of the services under test, from `/proc/<pid>/status` (Linux): `VmRSS`
+//! sampled every second while the run goes, and the kernel's own high-water mark `VmHWM`, read
+//! once at the end, which also catches a peak between two samples.
 
 use std::collections::BTreeMap;
 
@@ -39,13 +40,20 @@ pub struct RssSummary {
 /// `VmRSS` in MB; `None` when the process is gone (or not on Linux).
 pub fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss_kb(&status).map(|kb| kb as f64 / 1024.0)
+    status_kb(&status, "VmRSS:").map(|kb| kb as f64 / 1024.0)
 }
 
-fn parse_vm_rss_kb(status: &str) -> Option<u64> {
+/// `VmHWM` (peak resident set size over the process's life) in MB; `None` when it is gone.
+pub fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kb(&status, "VmHWM:").map(|kb| kb as f64 / 1024.0)
+}
+
+/// The kB value of one `/proc/<pid>/status` field, e.g. `VmRSS:`.
+fn status_kb(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
 }
@@ -69,13 +77,18 @@ mod tests {
 
     #[test]
     fn reads_vm_rss_and_parses_flags() {
-        let status = "Name:\tflowhouse\nVmPeak:\t  900 kB\nVmRSS:\t  123456 kB\nThreads: 9\n";
-        assert_eq!(parse_vm_rss_kb(status), Some(123_456));
-        assert_eq!(parse_vm_rss_kb("Name: x\n"), None);
+        let status = "Name:\tflowhouse\nVmPeak:\t  900 kB\nVmHWM:\t  200000 kB\n\
+                      VmRSS:\t  123456 kB\nThreads: 9\n";
+        assert_eq!(status_kb(status, "VmRSS:"), Some(123_456));
+        assert_eq!(status_kb(status, "VmHWM:"), Some(200_000));
+        assert_eq!(status_kb("Name: x\n", "VmRSS:"), None);
         let service: Service = "ingest=42".parse().unwrap();
         assert_eq!((service.name.as_str(), service.pid), ("ingest", 42));
         assert!("ingest".parse::<Service>().is_err());
         // This process exists, so it has a resident size.
         assert!(rss_mb(std::process::id()).is_some_and(|mb| mb > 0.0));
+        // The high-water mark is never below the current size.
+        let (now, peak) = (rss_mb(std::process::id()), peak_rss_mb(std::process::id()));
+        assert!(peak.unwrap() >= now.unwrap() - 1.0);
     }
 }

@@ -26,6 +26,21 @@ pub struct Verification {
     pub sample: Vec<(Card, Value)>,
 }
 
+impl Verification {
+    /// Adds the verification of another workload of the same run (the backlog's).
+    pub fn absorb(&mut self, other: Verification) {
+        self.cards_checked += other.cards_checked;
+        self.mismatches += other.mismatches;
+        for line in other.lines {
+            push(&mut self.lines, line);
+        }
+        self.latencies.merge(&other.latencies);
+        if self.sample.is_empty() {
+            self.sample = other.sample;
+        }
+    }
+}
+
 /// Asks and compares every card of every tenant in `keys`.
 pub async fn verify(
     api: &QueryApi,

@@ -1,9 +1,9 @@
 //! Baselines measured in the same run, on the same machine, with the same data, so that every
 //! figure can be read as a ratio (these machines are shared and noisy; absolute numbers are
 //! not comparable from one run to the next):
-//! - [`broker`]: the broker's consume-and-discard rate for the messages the run produced;
-//! - [`insert`]: the engine's raw insert rate for the same rows, into scratch tables shaped like
-//!   `events`/`logs` but without their materialized views;
+//! - [`broker`]: the broker's consume-and-discard rate for the backlog the run pre-loaded;
+//! - [`insert`]: the engine's raw insert rate for the same rows, into `events`/`logs` with their
+//!   materialized views attached (under tenants of their own);
 //! - [`scan`]: the dashboard questions answered by scanning the raw events and logs.
 
 pub mod broker;

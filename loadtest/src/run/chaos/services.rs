@@ -62,7 +62,7 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn open_log(dir: &Path, name: &str, headline: &str) -> anyhow::Result<std::fs::File> {
+pub(crate) fn open_log(dir: &Path, name: &str, headline: &str) -> anyhow::Result<std::fs::File> {
     use std::io::Write as _;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{name}.log"));
