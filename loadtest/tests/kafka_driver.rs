@@ -16,8 +16,6 @@ use flowhouse_schema::event::{Limits, parse_event};
 use flowhouse_schema::log::parse_log;
 use flowhouse_service::kafka::ensure_topics;
 use flowhouse_tests::{Stack, unique_name};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
@@ -88,11 +86,6 @@ fn read_all(
     read
 }
 
-async fn delete_topics(stack: &Stack, topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = stack.kafka.config().unwrap().create().unwrap();
-    let _ = admin.delete_topics(topics, &AdminOptions::new()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produced_messages_follow_the_kafka_contract() {
     let stack = Stack::from_env();
@@ -131,12 +124,10 @@ async fn produced_messages_follow_the_kafka_contract() {
     let duplicates: u64 = truth.tenants.iter().map(|t| t.duplicates_sent).sum();
     assert_eq!(truth.events() + truth.logs() + duplicates, limit as u64);
 
+    // The topics stay (unique names; the test stack goes at the end): on the shared test broker,
+    // tansu 0.6's SQLite storage panicked in its idempotent-produce check when this test's
+    // DeleteTopic raced another test's produce, and every later test lost the broker.
     let read = read_all(&stack, &[&topics.events_topic, &topics.logs_topic], limit);
-    delete_topics(
-        &stack,
-        &[&topics.events_topic, &topics.logs_topic, &topics.dlq_topic],
-    )
-    .await;
     assert_eq!(read.len(), limit, "every message delivered");
 
     // Per tenant and topic, the messages in the order they were generated.
