@@ -20,12 +20,21 @@ fuzz_target!(|data: &[u8]| {
         account_id: Uuid::from_u128(1),
         workspace_id: Uuid::from_u128(2),
     };
-    let mut sql = Sql::new(tenant);
-    let condition = filter.sql(&mut sql);
+    let condition = filter.sql(&mut Sql::new(tenant));
     if let Some(text) = &filter.text {
+        // The same filter without its text search: what this crate writes by itself (column
+        // names such as `task_run_id`), which a search term may happen to equal.
+        let without_text = LogFilter {
+            text: None,
+            ..filter.clone()
+        };
+        let written = without_text.sql(&mut Sql::new(tenant));
         for term in text.query.split_whitespace().filter(|t| t.len() >= 6) {
             let term = term.trim_matches(|c| "+-!\"".contains(c));
-            if term.len() >= 6 && term.contains(|c: char| !c.is_ascii_alphanumeric()) {
+            if term.len() >= 6
+                && term.contains(|c: char| !c.is_ascii_alphanumeric())
+                && !written.contains(term)
+            {
                 assert!(!condition.contains(term), "{term:?} reached the SQL text");
             }
         }
