@@ -41,10 +41,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut sql = Sql::new(tenant);
     let condition = filter.where_clause(&mut sql);
-    assert!(condition.starts_with(TENANT), "the tenant predicate leads: {condition}");
+    assert!(
+        condition.starts_with(TENANT),
+        "the tenant predicate leads: {condition}"
+    );
     let mut found = Vec::new();
     strings(&value, &mut found);
-    for text in found.iter().filter(|s| s.len() >= 6 && s.chars().any(|c| !c.is_ascii_alphanumeric() && c != '_' && c != '.')) {
+    for text in found.iter().filter(|s| {
+        s.len() >= 6
+            && s.chars()
+                .any(|c| !c.is_ascii_alphanumeric() && c != '_' && c != '.')
+    }) {
         assert!(
             !condition.contains(text.as_str()),
             "a filter string reached the SQL text: {text:?} in {condition}"

@@ -27,11 +27,21 @@ fuzz_target!(|message: Message<'_>| {
     let timestamp = message
         .timestamp
         .map_or(Timestamp::NotAvailable, Timestamp::CreateTime);
-    let stream = if message.logs { Stream::Logs } else { Stream::Events };
+    let stream = if message.logs {
+        Stream::Logs
+    } else {
+        Stream::Events
+    };
     let now = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
     let borrowed = headers.as_borrowed();
-    let Ok(row) = decode(stream, message.value, Some(borrowed), timestamp, &Limits::default(), now)
-    else {
+    let Ok(row) = decode(
+        stream,
+        message.value,
+        Some(borrowed),
+        timestamp,
+        &Limits::default(),
+        now,
+    ) else {
         return;
     };
     let envelope = Envelope::from_headers(Some(borrowed)).expect("decoded, so the headers read");
