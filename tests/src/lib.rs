@@ -76,6 +76,23 @@ impl Stack {
         name
     }
 
+    /// A fresh database for one test with every migration applied (single node, 30 days), as
+    /// `flowhouse migrate` leaves it.
+    pub async fn migrated_database(&self, prefix: &str) -> String {
+        let name = unique_name(prefix);
+        flowhouse_schema::migrate::apply(
+            &self.clickhouse.server_client(),
+            &flowhouse_schema::ddl::SchemaConfig {
+                database: name.clone(),
+                topology: flowhouse_schema::ddl::Topology::SingleNode,
+                retention_days: 30,
+            },
+        )
+        .await
+        .expect("migrate the test database");
+        name
+    }
+
     /// The variables a `flowhouse` service process needs to reach this stack, with its own
     /// database and topics.
     pub fn service_env(&self, database: &str, topics: &TopicArgs) -> Vec<(&'static str, String)> {

@@ -25,7 +25,6 @@ use flowhouse_schema::access::{
     ACCOUNT_SETTING, AUTOMATIONS_READS, AUTOMATIONS_ROLE, AUTOMATIONS_TABLES, OTHERS_POLICY,
     READER_ROLE, TENANT_POLICY, WORKSPACE_SETTING,
 };
-use flowhouse_schema::ddl::{SchemaConfig, Topology};
 use flowhouse_schema::rows::EventRow;
 use flowhouse_service::clickhouse::ClickHouseArgs;
 use flowhouse_tests::{Stack, flowhouse_binary, unique_name};
@@ -382,18 +381,8 @@ async fn migrate_says_what_is_missing_when_it_cannot_create_the_reader() {
 #[tokio::test]
 async fn the_automations_run_on_the_tables_their_role_is_granted_alone() {
     let stack = Stack::from_env();
-    let database = unique_name("automations_access");
+    let database = stack.migrated_database("automations_access").await;
     let server = stack.clickhouse.server_client();
-    flowhouse_schema::migrate::apply(
-        &server,
-        &SchemaConfig {
-            database: database.clone(),
-            topology: Topology::SingleNode,
-            retention_days: 30,
-        },
-    )
-    .await
-    .expect("migrate");
     let granted: BTreeSet<&str> = AUTOMATIONS_TABLES
         .iter()
         .chain(AUTOMATIONS_READS)

@@ -25,7 +25,6 @@ use flowhouse_automations::lease::{LeaseConfig, Leases};
 use flowhouse_automations::model::{Automation, parse_core};
 use flowhouse_automations::store::Store;
 use flowhouse_schema::Tenant;
-use flowhouse_schema::ddl::{SchemaConfig, Topology};
 use flowhouse_schema::rows::EventRow;
 use flowhouse_service::clickhouse::ClickHouseArgs;
 use flowhouse_tests::webhook::{Received, Receiver};
@@ -46,17 +45,7 @@ struct Rig {
 impl Rig {
     async fn start() -> Self {
         let stack = Stack::from_env();
-        let database = unique_name("automations");
-        flowhouse_schema::migrate::apply(
-            &stack.clickhouse.server_client(),
-            &SchemaConfig {
-                database: database.clone(),
-                topology: Topology::SingleNode,
-                retention_days: 30,
-            },
-        )
-        .await
-        .expect("migrate");
+        let database = stack.migrated_database("automations").await;
         let topic = unique_name("automation_events");
         flowhouse_service::kafka::ensure_topics(
             &stack.kafka,

@@ -21,7 +21,6 @@ use flowhouse_automations::model::{Automation, Limits, parse_core};
 use flowhouse_automations::store::Store;
 use flowhouse_schema::Tenant;
 use flowhouse_schema::contract::TopicArgs;
-use flowhouse_schema::ddl::{SchemaConfig, Topology};
 use flowhouse_schema::rows::EventRow;
 use flowhouse_tests::webhook::Receiver;
 use flowhouse_tests::{ServiceProcess, Stack, flowhouse_binary, free_port, unique_name};
@@ -47,17 +46,7 @@ struct Rig {
 impl Rig {
     async fn start() -> Self {
         let stack = Stack::from_env();
-        let database = unique_name("automations_process");
-        flowhouse_schema::migrate::apply(
-            &stack.clickhouse.server_client(),
-            &SchemaConfig {
-                database: database.clone(),
-                topology: Topology::SingleNode,
-                retention_days: 30,
-            },
-        )
-        .await
-        .expect("migrate");
+        let database = stack.migrated_database("automations_process").await;
         let topics = TopicArgs {
             events_topic: unique_name("automation_events"),
             logs_topic: unique_name("logs"),

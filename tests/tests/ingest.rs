@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clickhouse::Row;
+use flowhouse_schema::Tenant;
 use flowhouse_schema::contract::{Envelope, TopicArgs, header};
-use flowhouse_schema::ddl::{SchemaConfig, Topology};
-use flowhouse_schema::{Tenant, migrate};
 use flowhouse_service::kafka::ensure_topics;
 use flowhouse_tests::fixtures::{self, Fixture};
 use flowhouse_tests::{PrivateStack, ServiceProcess, Stack, free_port, unique_name};
@@ -34,17 +33,7 @@ struct Setup {
 
 impl Setup {
     async fn new(stack: Stack, prefix: &str) -> Self {
-        let db = unique_name(prefix);
-        migrate::apply(
-            &stack.clickhouse.server_client(),
-            &SchemaConfig {
-                database: db.clone(),
-                topology: Topology::SingleNode,
-                retention_days: 30,
-            },
-        )
-        .await
-        .expect("migrate the test database");
+        let db = stack.migrated_database(prefix).await;
         let topics = TopicArgs {
             events_topic: unique_name("events"),
             logs_topic: unique_name("logs"),
