@@ -2,7 +2,9 @@
 //! ClickHouse, and the argument that a firing is delivered exactly once (by idempotency key).
 //!
 //! ## Leases
-//! Automations are split into `shards` by id. A shard's lease is a sequence of *terms*; the
+//! Metric automations are split into `shards` by id; event automations go with the partition
+//! of the events topic their tenant's events are in (`crate::stream`). A shard's or a
+//! partition's lease is a sequence of *terms*; the
 //! table `automation_leases` is append-only: a claim or a renewal is a row `(scope, term,
 //! owner, claimed_at, expires)`.
 //!

@@ -4,8 +4,9 @@
 //!
 //! Modules: [`model`] (Prefect's shapes, validation), [`store`] (the tables of migration 4),
 //! [`lease`] (one evaluator per automation at a time; the exactly-once argument),
-//! [`evaluate`] (the rounds: [`evaluate::metric`] on the rollups, [`evaluate::event`] on the
-//! stored events), [`deliver`] (webhooks, the events), [`clock`] (a parameter, so tests step
+//! [`evaluate`] (the rounds: [`evaluate::metric`] on the rollups), [`stream`] (event triggers
+//! on the live event stream from Kafka, their own consumer group, windows checkpointed with
+//! their offsets), [`deliver`] (webhooks, the events), [`clock`] (a parameter, so tests step
 //! time), [`crash`] (the crash tests' failpoints), [`api`] (the routes mounted into the query
 //! API).
 //!
@@ -20,6 +21,7 @@ pub mod evaluate;
 pub mod lease;
 pub mod model;
 pub mod store;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,7 @@ use crate::evaluate::{EvalConfig, Evaluator};
 use crate::lease::{LeaseConfig, Leases};
 use crate::model::Limits;
 use crate::store::Store;
+use crate::stream::EventStream;
 
 /// The automations' flags, shared by the query API, `flowhouse serve` and
 /// `flowhouse automations serve`.
@@ -73,9 +76,18 @@ pub struct Args {
     /// The least `range` and `firing_for` of a metric trigger (Prefect's minimum: 300 s).
     #[arg(long = "automations-min-window", env = "FLOWHOUSE_AUTOMATIONS_MIN_WINDOW", default_value = "300s", value_parser = humantime::parse_duration)]
     pub min_window: Duration,
-    /// How long events take to be stored: event triggers look this far behind `now`.
-    #[arg(long = "automations-delay", env = "FLOWHOUSE_AUTOMATIONS_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long events take to reach the evaluator through Kafka: proactive event triggers
+    /// wait this long past a deadline before deciding nothing came.
+    #[arg(long = "automations-delay", env = "FLOWHOUSE_AUTOMATIONS_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
     pub delay: Duration,
+    /// The Kafka consumer group the event triggers read the events topic under (its offsets
+    /// show their lag; they resume from their own checkpoints).
+    #[arg(
+        long = "automations-group",
+        env = "FLOWHOUSE_AUTOMATIONS_GROUP",
+        default_value = "flowhouse-automations"
+    )]
+    pub group: String,
     /// Let webhooks target loopback, private and link-local addresses.
     #[arg(
         long,
@@ -110,7 +122,8 @@ impl Default for Args {
             clickhouse_password: None,
             interval: Duration::from_secs(10),
             min_window: Duration::from_secs(300),
-            delay: Duration::from_secs(5),
+            delay: Duration::from_secs(2),
+            group: "flowhouse-automations".into(),
             webhook_allow_private: false,
             webhook_timeout: Duration::from_secs(10),
             webhook_attempts: 3,
@@ -182,11 +195,28 @@ pub fn emitter(kafka: &KafkaArgs, topics: &TopicArgs) -> anyhow::Result<Emitter>
     })
 }
 
-/// An evaluator on `clock` with the flags' settings.
+/// The reader of the events topic for the event triggers.
+pub fn event_stream(
+    args: &Args,
+    clickhouse: &ClickHouseArgs,
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+) -> anyhow::Result<EventStream> {
+    EventStream::new(
+        kafka,
+        &topics.events_topic,
+        &args.group,
+        args.client(clickhouse),
+    )
+}
+
+/// An evaluator on `clock` with the flags' settings; event triggers are evaluated only with a
+/// `stream`.
 pub fn evaluator(
     args: &Args,
     clickhouse: &ClickHouseArgs,
     emitter: Option<Emitter>,
+    stream: Option<EventStream>,
     clock: Arc<dyn Clock>,
 ) -> Evaluator {
     let client = args.client(clickhouse);
@@ -221,6 +251,7 @@ pub fn evaluator(
         },
         clock,
         config: args.eval_config(),
+        stream,
         crash_at: None,
     }
 }
@@ -243,11 +274,20 @@ pub fn spawn(
             None
         }
     };
-    let evaluator = evaluator(args, clickhouse, emitter, Arc::new(SystemClock));
+    let stream = event_stream(args, clickhouse, kafka, topics)?;
+    let evaluator = evaluator(
+        args,
+        clickhouse,
+        emitter,
+        Some(stream),
+        Arc::new(SystemClock),
+    );
     let interval = args.interval;
-    Ok(Some(AbortOnDropHandle::new(tokio::spawn(
-        evaluator.run(interval, CancellationToken::new()),
-    ))))
+    Ok(Some(AbortOnDropHandle::new(tokio::spawn(evaluator.run(
+        interval,
+        CancellationToken::new(),
+        None,
+    )))))
 }
 
 /// `flowhouse automations serve`: the evaluator alone.
@@ -275,16 +315,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let readiness = flowhouse_service::admin::Readiness::default();
     let shutdown = flowhouse_service::shutdown::on_signal();
     let emitter = Some(emitter(&args.kafka, &args.topics)?);
+    let stream = event_stream(
+        &args.automations,
+        &args.clickhouse,
+        &args.kafka,
+        &args.topics,
+    )?;
     let mut evaluator = evaluator(
         &args.automations,
         &args.clickhouse,
         emitter,
+        Some(stream),
         Arc::new(SystemClock),
     );
     evaluator.crash_at = crash::Failpoint::from_env()?;
     let interval = args.automations.interval;
-    let run = tokio::spawn(evaluator.run(interval, shutdown.clone()));
-    readiness.ready("automations");
+    // Ready once a round has run: ClickHouse and the leases answered.
+    readiness.not_ready("automations", "no round has run yet");
+    let run = tokio::spawn(evaluator.run(interval, shutdown.clone(), Some(readiness.clone())));
     flowhouse_service::admin::serve(
         args.admin_listen,
         flowhouse_service::admin::routes(readiness),

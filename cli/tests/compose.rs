@@ -48,12 +48,16 @@ fn compose() -> Compose {
     serde_norway::from_value(value).expect("compose.yaml has the expected shape")
 }
 
-/// The environment variables a subcommand reads, from clap's definition (globals included).
+/// The environment variables a subcommand (`ingest`, or nested: `automations serve`) reads,
+/// from clap's definition (globals included).
 fn variables_read_by(subcommand: &str) -> BTreeSet<String> {
     let root = Cli::command();
-    let sub = root
-        .find_subcommand(subcommand)
-        .unwrap_or_else(|| panic!("flowhouse has no subcommand {subcommand}"));
+    let mut sub = &root;
+    for word in subcommand.split(' ') {
+        sub = sub
+            .find_subcommand(word)
+            .unwrap_or_else(|| panic!("flowhouse has no subcommand {subcommand}"));
+    }
     root.get_arguments()
         .chain(sub.get_arguments())
         .filter_map(|arg| arg.get_env())
@@ -67,11 +71,20 @@ fn flowhouse_services(compose: &Compose) -> Vec<(&str, &Service, String)> {
         .iter()
         .filter(|(_, s)| s.image.starts_with("flowhouse"))
         .filter_map(|(name, s)| {
-            let subcommand = s
-                .command
-                .first()
-                .cloned()
-                .or_else(|| s.entrypoint.get(1).cloned())?;
+            // The subcommand words: the command up to its first flag.
+            let words: Vec<&str> = if s.command.is_empty() {
+                s.entrypoint.iter().skip(1).map(String::as_str).collect()
+            } else {
+                s.command.iter().map(String::as_str).collect()
+            };
+            let words: Vec<&str> = words
+                .into_iter()
+                .take_while(|w| !w.starts_with('-'))
+                .collect();
+            if words.is_empty() {
+                return None;
+            }
+            let subcommand = words.join(" ");
             Some((name.as_str(), s, subcommand))
         })
         .collect()
@@ -146,13 +159,19 @@ fn connections_point_at_the_compose_services() {
 }
 
 /// The ClickHouse user and password a service should connect with: the query API's read-only
-/// user that migrate creates, or the `flowhouse` user (DDL and inserts) for the others.
+/// user and the automations' user that migrate creates, or the `flowhouse` user (DDL and
+/// inserts) for the others.
 fn clickhouse_user_of(compose: &Compose, name: &str) -> (String, String) {
+    let migrate = &compose.services["migrate"].environment;
     if name == "query-api" {
-        let migrate = &compose.services["migrate"].environment;
         (
             migrate["FLOWHOUSE_READER_USER"].clone(),
             migrate["FLOWHOUSE_READER_PASSWORD"].clone(),
+        )
+    } else if name == "automations" {
+        (
+            migrate["FLOWHOUSE_AUTOMATIONS_USER"].clone(),
+            migrate["FLOWHOUSE_AUTOMATIONS_PASSWORD"].clone(),
         )
     } else {
         let clickhouse = &compose.services["clickhouse"].environment;
@@ -213,6 +232,11 @@ fn the_automations_write_as_their_own_user_that_migrate_creates() {
     let password = &query_api["FLOWHOUSE_AUTOMATIONS_CLICKHOUSE_PASSWORD"];
     assert_eq!(&migrate["FLOWHOUSE_AUTOMATIONS_USER"], user);
     assert_eq!(&migrate["FLOWHOUSE_AUTOMATIONS_PASSWORD"], password);
+    // The evaluator runs apart, as the same user; the query API serves only their API.
+    assert_eq!(query_api["FLOWHOUSE_AUTOMATIONS"], "false");
+    let evaluator = &compose.services["automations"].environment;
+    assert_eq!(&evaluator["CLICKHOUSE_USER"], user);
+    assert_eq!(&evaluator["CLICKHOUSE_PASSWORD"], password);
     for other in ["query-api", "ingest"] {
         let (name, other_password) = clickhouse_user_of(&compose, other);
         assert_ne!(&name, user, "not {other}'s user");
@@ -268,8 +292,8 @@ fn listen_ports_are_exposed_and_health_checked_and_only_the_proxy_is_published()
         checked += 1;
     }
     assert_eq!(
-        checked, 3,
-        "ingest, endpoint and query-api each serve admin routes"
+        checked, 4,
+        "ingest, endpoint, query-api and automations each serve admin routes"
     );
     let published: Vec<&str> = compose
         .services

@@ -22,7 +22,7 @@
 //! The automations (their API in the query API, their evaluator wherever it runs) connect as a
 //! user holding [`AUTOMATIONS_ROLE`]: `SELECT` and `INSERT` on their own tables
 //! ([`AUTOMATIONS_TABLES`]) and `SELECT` on what the evaluator reads ([`AUTOMATIONS_READS`]:
-//! the stored events for event triggers, the flow-run rollup for metric triggers), nothing else;
+//! the flow-run rollup for metric triggers; event triggers read Kafka), nothing else;
 //! no DDL, no `ALTER`, no other table. The evaluator works on every tenant's automations, so
 //! the role is not the reader's: the tenant policies do not apply to it, the `USING 1` one does.
 //! The events it emits go through Kafka and are stored by ingest, like any producer's.
@@ -47,17 +47,22 @@ pub const TENANT_POLICY: &str = "flowhouse_tenant";
 pub const OTHERS_POLICY: &str = "flowhouse_unrestricted";
 /// The role of the automations' ClickHouse user.
 pub const AUTOMATIONS_ROLE: &str = "flowhouse_automations";
-/// The automations' own tables (migration 4): read and written by [`AUTOMATIONS_ROLE`].
+/// The automations' own tables (migrations 4 and 5): read and written by [`AUTOMATIONS_ROLE`].
 pub const AUTOMATIONS_TABLES: &[&str] = &[
     "automations",
     "automation_state",
     "automation_deliveries",
     "automation_leases",
+    "automation_stream_checkpoints",
 ];
-/// What the evaluator reads besides its own tables: the stored events (event triggers) and the
-/// flow-run rollup (metric triggers). `tests/tests/access.rs` runs every kind of trigger in a
-/// database holding only these tables and [`AUTOMATIONS_TABLES`].
-pub const AUTOMATIONS_READS: &[&str] = &["events", "flow_runs"];
+/// What the evaluator reads besides its own tables: the flow-run rollup (metric triggers; event
+/// triggers read the events from Kafka). `tests/tests/access.rs` runs every kind of trigger in
+/// a database holding only these tables and [`AUTOMATIONS_TABLES`].
+pub const AUTOMATIONS_READS: &[&str] = &["flow_runs"];
+/// What earlier versions let the role read and it no longer needs (event triggers read the
+/// stored events before they read Kafka): revoked, so an upgraded deployment ends with the same
+/// rights as a new one.
+const AUTOMATIONS_NO_LONGER_READ: &[&str] = &["events"];
 
 /// A user to create (or update) with one of these roles.
 #[derive(Clone, Debug)]
@@ -130,6 +135,13 @@ pub fn automations_statements(config: &SchemaConfig, user: Option<&User>) -> Vec
     let db = &config.database;
     let on = config.on_cluster();
     let mut statements = vec![format!("CREATE ROLE IF NOT EXISTS {AUTOMATIONS_ROLE}{on}")];
+    for table in AUTOMATIONS_NO_LONGER_READ {
+        for name in physical_names(config, table) {
+            statements.push(format!(
+                "REVOKE{on} SELECT ON {db}.{name} FROM {AUTOMATIONS_ROLE}"
+            ));
+        }
+    }
     for (tables, rights) in [
         (AUTOMATIONS_TABLES, "SELECT, INSERT"),
         (AUTOMATIONS_READS, "SELECT"),
@@ -257,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn the_automations_write_their_own_tables_and_read_events_and_flow_runs_only() {
+    fn the_automations_write_their_own_tables_and_read_flow_runs_only() {
         let user = User::new("flowhouse_automations", "pw");
         let statements = automations_statements(&config(Topology::SingleNode), Some(&user));
         let grants: Vec<&String> = statements
@@ -268,12 +280,14 @@ mod tests {
             .iter()
             .map(|t| format!("GRANT SELECT, INSERT ON fh.{t} TO {AUTOMATIONS_ROLE}"))
             .collect();
-        expected.extend(
-            ["events", "flow_runs"]
-                .iter()
-                .map(|t| format!("GRANT SELECT ON fh.{t} TO {AUTOMATIONS_ROLE}")),
-        );
+        expected.push(format!(
+            "GRANT SELECT ON fh.flow_runs TO {AUTOMATIONS_ROLE}"
+        ));
         assert_eq!(grants, expected.iter().collect::<Vec<_>>());
+        // What an earlier version granted is taken back on upgrade.
+        assert!(statements.contains(&format!(
+            "REVOKE SELECT ON fh.events FROM {AUTOMATIONS_ROLE}"
+        )));
         let text = statements.join("\n");
         assert!(!text.contains("readonly"), "it inserts");
         assert!(text.contains(&format!(

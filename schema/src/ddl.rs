@@ -95,6 +95,7 @@ mod v1;
 mod v2;
 mod v3;
 mod v4;
+mod v5;
 
 pub(crate) use v2::LOG_COLUMNS;
 pub use v2::log_id_sql;
@@ -114,6 +115,7 @@ pub(crate) const TABLES: &[&Table] = &[
     &v4::AUTOMATION_STATE,
     &v4::AUTOMATION_DELIVERIES,
     &v4::AUTOMATION_LEASES,
+    &v5::AUTOMATION_STREAM_CHECKPOINTS,
 ];
 
 /// The latest definition of every view.
@@ -137,6 +139,7 @@ pub(crate) mod revisions {
     pub(crate) use super::v4::{
         AUTOMATION_DELIVERIES, AUTOMATION_LEASES, AUTOMATION_STATE, AUTOMATIONS,
     };
+    pub(crate) use super::v5::AUTOMATION_STREAM_CHECKPOINTS;
 }
 
 impl SchemaConfig {

@@ -163,6 +163,17 @@ pub fn migrations() -> &'static [Migration] {
                 .collect()
             },
         },
+        Migration {
+            version: 5,
+            name: "automations: event-stream checkpoints",
+            steps: |config| {
+                config
+                    .create_table(&revisions::AUTOMATION_STREAM_CHECKPOINTS)
+                    .into_iter()
+                    .map(Step::Sql)
+                    .collect()
+            },
+        },
     ]
 }
 

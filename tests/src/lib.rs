@@ -78,6 +78,52 @@ impl Stack {
 
     /// A fresh database for one test with every migration applied (single node, 30 days), as
     /// `flowhouse migrate` leaves it.
+    /// A producer as the endpoint configures one (idempotent, all replicas).
+    pub fn producer(&self) -> rdkafka::producer::FutureProducer {
+        self.kafka
+            .config()
+            .unwrap()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces `messages` as the endpoint does (the tenant's key and headers, received now)
+    /// and returns where each went: (partition, offset).
+    pub async fn produce(
+        &self,
+        topic: &str,
+        messages: &[(flowhouse_schema::Tenant, Vec<u8>)],
+    ) -> Vec<(i32, i64)> {
+        let producer = self.producer();
+        let deliveries: Vec<_> = messages
+            .iter()
+            .map(|(tenant, value)| {
+                let envelope = flowhouse_schema::Envelope {
+                    tenant: *tenant,
+                    received: Some(chrono::Utc::now()),
+                };
+                let key = envelope.key();
+                producer
+                    .send_result(
+                        rdkafka::producer::FutureRecord::to(topic)
+                            .key(&key)
+                            .payload(value)
+                            .headers(envelope.headers()),
+                    )
+                    .expect("enqueue")
+            })
+            .collect();
+        let mut placed = Vec::new();
+        for delivery in deliveries {
+            let delivery = delivery.await.expect("delivery").expect("acknowledged");
+            placed.push((delivery.partition, delivery.offset));
+        }
+        placed
+    }
+
     pub async fn migrated_database(&self, prefix: &str) -> String {
         let name = unique_name(prefix);
         flowhouse_schema::migrate::apply(

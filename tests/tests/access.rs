@@ -25,7 +25,6 @@ use flowhouse_schema::access::{
     ACCOUNT_SETTING, AUTOMATIONS_READS, AUTOMATIONS_ROLE, AUTOMATIONS_TABLES, OTHERS_POLICY,
     READER_ROLE, TENANT_POLICY, WORKSPACE_SETTING,
 };
-use flowhouse_schema::rows::EventRow;
 use flowhouse_service::clickhouse::ClickHouseArgs;
 use flowhouse_tests::{Stack, flowhouse_binary, unique_name};
 use serde_json::json;
@@ -452,25 +451,29 @@ async fn the_automations_run_on_the_tables_their_role_is_granted_alone() {
         "event": "prefect.flow-run.Crashed",
         "resource": {"prefect.resource.id": format!("prefect.flow-run.{}", Uuid::new_v4())}})
     .to_string();
-    let parsed = flowhouse_schema::event::parse_event(
-        raw.as_bytes(),
-        &flowhouse_schema::event::Limits::default(),
-        now,
-    )
-    .unwrap();
-    let mut insert = client.client().insert::<EventRow>("events").await.unwrap();
-    insert
-        .write(&EventRow::new(tenant, now, &parsed))
+    let topics = flowhouse_schema::contract::TopicArgs {
+        events_topic: unique_name("access_events"),
+        logs_topic: "unused".into(),
+        dlq_topic: "unused".into(),
+        topic_partitions: 1,
+    };
+    flowhouse_service::kafka::ensure_topics(&stack.kafka, &topics.specs()[..1])
         .await
         .unwrap();
-    insert.end().await.unwrap();
+    stack
+        .produce(&topics.events_topic, &[(tenant, raw.into_bytes())])
+        .await;
 
     let args = flowhouse_automations::Args {
         delay: Duration::ZERO,
+        group: unique_name("access"),
         ..flowhouse_automations::Args::default()
     };
     let clock = ManualClock::new(now + chrono::TimeDelta::seconds(1));
-    let mut evaluator = flowhouse_automations::evaluator(&args, &client, None, Arc::new(clock));
+    let stream =
+        flowhouse_automations::event_stream(&args, &client, &stack.kafka, &topics).unwrap();
+    let mut evaluator =
+        flowhouse_automations::evaluator(&args, &client, None, Some(stream), Arc::new(clock));
     evaluator.leases = Leases::new(
         client.client(),
         format!("access/{}", Uuid::new_v4()),
@@ -481,6 +484,10 @@ async fn the_automations_run_on_the_tables_their_role_is_granted_alone() {
     );
     // A round is short here; the default margin is one webhook's worst case.
     evaluator.config.margin = Duration::from_secs(1);
+    evaluator
+        .catch_up(Duration::from_secs(60))
+        .await
+        .expect("the event stream is read");
     let report = evaluator.tick().await.expect("a round");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.evaluated, triggers.len(), "{report:?}");

@@ -84,20 +84,28 @@ impl Rig {
             shards: 2,
             ..flowhouse_automations::Args::default()
         };
-        let emitter = flowhouse_automations::emitter(
-            &self.stack.kafka,
-            &flowhouse_schema::contract::TopicArgs {
-                events_topic: self.topic.clone(),
-                logs_topic: "unused".into(),
-                dlq_topic: "unused".into(),
-                topic_partitions: 1,
+        let topics = flowhouse_schema::contract::TopicArgs {
+            events_topic: self.topic.clone(),
+            logs_topic: "unused".into(),
+            dlq_topic: "unused".into(),
+            topic_partitions: 1,
+        };
+        let emitter = flowhouse_automations::emitter(&self.stack.kafka, &topics).unwrap();
+        let stream = flowhouse_automations::event_stream(
+            &flowhouse_automations::Args {
+                group: unique_name("automations"),
+                ..args.clone()
             },
+            &self.clickhouse(),
+            &self.stack.kafka,
+            &topics,
         )
         .unwrap();
         let mut evaluator = flowhouse_automations::evaluator(
             &args,
             &self.clickhouse(),
             Some(emitter),
+            Some(stream),
             Arc::new(clock.clone()),
         );
         evaluator.leases = Leases::new(
@@ -136,6 +144,21 @@ impl Rig {
             insert.write(row).await.unwrap();
         }
         insert.end().await.unwrap();
+    }
+
+    /// Sends events into the events topic, as the endpoint would.
+    async fn publish(&self, rows: &[EventRow]) {
+        let messages: Vec<(Tenant, Vec<u8>)> = rows
+            .iter()
+            .map(|row| {
+                let tenant = Tenant {
+                    account_id: row.account_id,
+                    workspace_id: row.workspace_id,
+                };
+                (tenant, raw_of(row))
+            })
+            .collect();
+        self.stack.produce(&self.topic, &messages).await;
     }
 
     async fn finish(self) {
@@ -179,6 +202,23 @@ fn event(
     )
     .expect("a valid event");
     EventRow::new(tenant, occurred, &parsed)
+}
+
+/// The event a row was made from, as a client sends it.
+fn raw_of(row: &EventRow) -> Vec<u8> {
+    let object = |labels: &[(String, String)]| -> Value {
+        Value::Object(labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+    };
+    json!({
+        "id": row.id,
+        "occurred": row.occurred.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "event": row.event,
+        "resource": object(&row.resource),
+        "related": row.related.iter().map(|r| object(r)).collect::<Vec<_>>(),
+        "payload": serde_json::from_str::<Value>(&row.payload).unwrap(),
+    })
+    .to_string()
+    .into_bytes()
 }
 
 fn minute(n: i64) -> TimeDelta {
@@ -505,7 +545,7 @@ async fn event_triggers_reactive_within_a_window_and_proactive_per_flow_run_fire
             related(),
         ));
     }
-    rig.insert(&rows).await;
+    rig.publish(&rows).await;
 
     let hook = |name: &str| {
         json!([{"type": "call-webhook", "url": url,
@@ -528,6 +568,7 @@ async fn event_triggers_reactive_within_a_window_and_proactive_per_flow_run_fire
 
     let clock = ManualClock::new(t0);
     let evaluator = rig.evaluator(&clock, None);
+    evaluator.catch_up(Duration::from_secs(60)).await.unwrap();
     let got = step(&evaluator, &clock, t0, 0..=25, &receiver).await;
     let of = |name: &str| -> Vec<(i64, String, String)> {
         got.iter()
@@ -570,7 +611,7 @@ async fn crash_then_recover(crash: CrashAt) -> BTreeMap<String, usize> {
     let a = tenant();
     let t0 = start_time();
     let id = format!("prefect.flow-run.{}", Uuid::new_v4());
-    rig.insert(&[event(
+    rig.publish(&[event(
         a,
         "prefect.flow-run.Crashed",
         &id,
@@ -588,6 +629,7 @@ async fn crash_then_recover(crash: CrashAt) -> BTreeMap<String, usize> {
     .await;
     let clock = ManualClock::new(t0 + minute(1));
     let first = rig.evaluator(&clock, Some(crash));
+    first.catch_up(Duration::from_secs(60)).await.unwrap();
     let error = first
         .tick()
         .await
@@ -656,7 +698,7 @@ async fn two_evaluators_at_once_deliver_each_firing_once() {
             vec![],
         ));
     }
-    rig.insert(&rows).await;
+    rig.publish(&rows).await;
     for i in 0..4 {
         rig.create(
             a,
@@ -668,6 +710,12 @@ async fn two_evaluators_at_once_deliver_each_firing_once() {
     }
     let clock = ManualClock::new(t0);
     let (one, two) = (rig.evaluator(&clock, None), rig.evaluator(&clock, None));
+    let (r1, r2) = tokio::join!(
+        one.catch_up(Duration::from_secs(60)),
+        two.catch_up(Duration::from_secs(60))
+    );
+    r1.unwrap();
+    r2.unwrap();
     for m in 0..=20 {
         clock.set(t0 + minute(m));
         let (r1, r2) = tokio::join!(one.tick(), two.tick());
@@ -682,4 +730,115 @@ async fn two_evaluators_at_once_deliver_each_firing_once() {
     assert_eq!(attempts.len(), 4 * 20, "{attempts:?}");
     assert!(attempts.values().all(|n| *n == 1), "{attempts:?}");
     rig.finish().await;
+}
+
+/// The event triggers' windows survive a new evaluator: the first reads two failures and writes
+/// its checkpoint; the second resumes at that checkpoint's offset (not from the start) and a
+/// third failure, sent while no evaluator ran, completes the threshold: one firing, from
+/// events read by two evaluators.
+#[tokio::test]
+async fn a_new_evaluator_resumes_the_event_windows_from_the_checkpoint() {
+    let rig = Rig::start().await;
+    let (receiver, url) = Receiver::start().await;
+    let a = tenant();
+    let t0 = start_time();
+    let failed = |m: i64| {
+        let id = format!("prefect.flow-run.{}", Uuid::new_v4());
+        event(
+            a,
+            "prefect.flow-run.Failed",
+            &id,
+            "FAILED",
+            t0 + minute(m),
+            vec![],
+        )
+    };
+    rig.create(
+        a,
+        json!({"name": "failures", "trigger": {"type": "event",
+        "expect": ["prefect.flow-run.Failed"], "threshold": 3, "within": 600},
+        "actions": [{"type": "call-webhook", "url": url, "payload": r#"{"count": {{ count }}}"#}]}),
+    )
+    .await;
+    rig.publish(&[failed(1), failed(2)]).await;
+    let clock = ManualClock::new(t0 + minute(3));
+    let first = rig.evaluator(&clock, None);
+    first.catch_up(Duration::from_secs(60)).await.unwrap();
+    let report = first.tick().await.unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.evaluated, 1, "{report:?}");
+    assert!(
+        report.fired.is_empty(),
+        "two failures are below the threshold"
+    );
+    drop(first);
+    let offset: i64 = rig
+        .client
+        .query("SELECT next_offset FROM automation_stream_checkpoints FINAL WHERE topic = ?")
+        .bind(&rig.topic)
+        .fetch_one()
+        .await
+        .expect("the first evaluator's checkpoint");
+    assert_eq!(
+        offset, 2,
+        "the checkpoint is after the two failures it counted"
+    );
+
+    rig.publish(&[failed(4)]).await;
+    clock.set(t0 + minute(5));
+    let second = rig.evaluator(&clock, None);
+    // It takes the partition once the first one's lease has expired.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        second.catch_up(Duration::from_secs(60)).await.unwrap();
+        let report = second.tick().await.unwrap();
+        if report.evaluated > 0 {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "the lease never came free");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.fired.len(), 1, "{report:?}");
+    assert_eq!(receiver.all().len(), 1);
+    assert_eq!(
+        receiver.all()[0].body["count"],
+        3,
+        "{:?}",
+        receiver.all()[0].body
+    );
+    rig.finish().await;
+}
+
+/// Where a tenant's events are is where the evaluator looks for them: `partition_of` is the
+/// partition the endpoint's producer (librdkafka's default partitioner) puts each tenant in.
+#[tokio::test]
+async fn partition_of_is_where_the_producer_puts_each_tenant() {
+    let stack = Stack::from_env();
+    let topic = unique_name("automation_partitions");
+    let partitions = 5;
+    flowhouse_service::kafka::ensure_topics(
+        &stack.kafka,
+        &[flowhouse_service::kafka::TopicSpec {
+            name: topic.clone(),
+            partitions,
+        }],
+    )
+    .await
+    .unwrap();
+    let tenants: Vec<Tenant> = (0..40).map(|_| tenant()).collect();
+    let messages: Vec<(Tenant, Vec<u8>)> = tenants.iter().map(|t| (*t, b"{}".to_vec())).collect();
+    let placed = stack.produce(&topic, &messages).await;
+    let used: std::collections::BTreeSet<i32> = placed.iter().map(|(p, _)| *p).collect();
+    assert!(
+        used.len() > 1,
+        "40 tenants spread over partitions: {used:?}"
+    );
+    for (tenant, (partition, _)) in tenants.iter().zip(placed) {
+        assert_eq!(
+            flowhouse_automations::stream::partition_of(*tenant, partitions),
+            partition,
+            "{tenant}"
+        );
+    }
 }

@@ -66,44 +66,12 @@ impl Setup {
         ServiceProcess::start(&["ingest"], &env)
     }
 
-    fn producer(&self) -> FutureProducer {
-        self.stack
-            .kafka
-            .config()
-            .unwrap()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .expect("producer")
-    }
-
     /// Produces and returns, per partition, the offset after the last message written.
     async fn produce(&self, topic: &str, messages: &[(Tenant, Vec<u8>)]) -> BTreeMap<i32, i64> {
-        let producer = self.producer();
-        let deliveries: Vec<_> = messages
-            .iter()
-            .map(|(tenant, value)| {
-                let envelope = Envelope {
-                    tenant: *tenant,
-                    received: Some(Utc::now()),
-                };
-                let key = envelope.key();
-                producer
-                    .send_result(
-                        FutureRecord::to(topic)
-                            .key(&key)
-                            .payload(value)
-                            .headers(envelope.headers()),
-                    )
-                    .expect("enqueue")
-            })
-            .collect();
         let mut ends = BTreeMap::new();
-        for delivery in deliveries {
-            let delivery = delivery.await.expect("delivery").expect("acknowledged");
-            let end = ends.entry(delivery.partition).or_insert(0);
-            *end = (*end).max(delivery.offset + 1);
+        for (partition, offset) in self.stack.produce(topic, messages).await {
+            let end = ends.entry(partition).or_insert(0);
+            *end = (*end).max(offset + 1);
         }
         ends
     }
@@ -623,7 +591,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
         (None, "no_value"),
     ];
 
-    let producer = setup.producer();
+    let producer = setup.stack.producer();
     let envelope = Envelope {
         tenant,
         received: None,

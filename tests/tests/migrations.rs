@@ -37,6 +37,7 @@ const EVERYWHERE: &[&str] = &[
     "ingest_batches",
     "mirror_checkpoints",
     "automation_leases",
+    "automation_stream_checkpoints",
 ];
 
 fn config(topology: Topology) -> SchemaConfig {

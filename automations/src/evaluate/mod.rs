@@ -7,7 +7,6 @@
 //! event triggers) before the bucket becomes *breached* (fires `triggered`) or stops being
 //! breached (fires `resolved`). Staying breached fires nothing.
 
-pub mod event;
 pub mod metric;
 
 use std::collections::BTreeMap;
@@ -30,6 +29,8 @@ use crate::deliver::{Deliverer, automation_event};
 use crate::lease::{Held, Leases};
 use crate::model::{Action, Automation, Trigger};
 use crate::store::{DeliveryRow, StateRow, Store};
+use crate::stream::window::Windows;
+use crate::stream::{EventStream, event_triggers, partition_of};
 
 /// What one evaluation saw for one bucket.
 #[derive(Clone, Debug)]
@@ -45,8 +46,8 @@ pub struct Observation {
 #[derive(Clone, Debug)]
 pub struct EvalConfig {
     pub shards: u32,
-    /// How long events take to be stored: proactive deadlines and reactive windows end this
-    /// much before `now`.
+    /// How long events take to reach the evaluator through Kafka: proactive deadlines and
+    /// windows end this much before `now`.
     pub delay: Duration,
     /// How far back a proactive trigger looks for `after` events.
     pub horizon: Duration,
@@ -60,7 +61,7 @@ impl Default for EvalConfig {
     fn default() -> Self {
         Self {
             shards: 8,
-            delay: Duration::from_secs(5),
+            delay: Duration::from_secs(2),
             horizon: Duration::from_secs(86_400),
             margin: Duration::from_secs(10),
             concurrency: 16,
@@ -96,6 +97,8 @@ pub struct Evaluator {
     pub deliverer: Deliverer,
     pub clock: Arc<dyn Clock>,
     pub config: EvalConfig,
+    /// The event stream the event triggers are evaluated on (`None`: they are not evaluated).
+    pub stream: Option<EventStream>,
     /// A failpoint of the crash tests (`crate::crash`); `None` in production.
     pub crash_at: Option<Failpoint>,
 }
@@ -119,48 +122,84 @@ pub fn firing_key(automation: Uuid, bucket: &str, seq: u64, transition: &str) ->
     format!("{automation}/{bucket}/{seq}/{transition}")
 }
 
+/// Which automations a round evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    All,
+    Events,
+}
+
+/// Where an automation's observations come from.
+enum Source {
+    Rollups,
+    Windows(Arc<Windows>),
+}
+
 enum Outcome {
     Done(Vec<String>, Vec<String>),
     Crashed(CrashAt),
 }
 
 impl Evaluator {
-    /// One round at the clock's `now`.
+    /// One round at the clock's `now`: every automation.
     pub async fn tick(&self) -> anyhow::Result<Report> {
+        self.round(Round::All).await
+    }
+
+    /// One round of the event triggers only (when the stream saw a matching event).
+    pub async fn tick_events(&self) -> anyhow::Result<Report> {
+        self.round(Round::Events).await
+    }
+
+    /// Takes the stream's partitions this evaluator can hold and waits until it has read what
+    /// the broker has now (tests call it before stepping their clock; `run` needs nothing of
+    /// the sort, rounds simply skip a partition until it has caught up).
+    pub async fn catch_up(&self, within: Duration) -> anyhow::Result<()> {
+        let Some(stream) = &self.stream else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let automations = self.store.all_automations().await?;
+            let mut report = Report::default();
+            self.event_work(&automations, &mut Vec::new(), &mut report)
+                .await;
+            anyhow::ensure!(report.errors.is_empty(), "{:?}", report.errors);
+            if stream.caught_up().await?
+                && stream
+                    .reading()
+                    .into_iter()
+                    .all(|p| stream.snapshot(p).is_some())
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the event stream did not catch up within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn round(&self, round: Round) -> anyhow::Result<Report> {
         let now = self.clock.now();
         let automations = self.store.all_automations().await?;
         let mut report = Report::default();
-        let mut held: BTreeMap<u32, Held> = BTreeMap::new();
-        let shards: std::collections::BTreeSet<u32> = automations
-            .iter()
-            .map(|(_, a)| shard_of(a.id, self.config.shards))
-            .collect();
-        for shard in shards {
-            match self.leases.hold(&scope(shard, self.config.shards)).await {
-                Ok(Some(h)) => {
-                    held.insert(shard, h);
-                }
-                Ok(None) => {}
-                Err(error) => report.errors.push(format!("lease {shard}: {error:#}")),
-            }
+        let mut work: Vec<(Tenant, Automation, Held, Source)> = Vec::new();
+        if round == Round::All {
+            work.extend(self.metric_work(&automations, &mut report).await);
         }
-        report.shards_held = held.len();
-        let work: Vec<(Tenant, Automation, Held)> = automations
-            .into_iter()
-            .filter_map(|(tenant, a)| {
-                let h = held.get(&shard_of(a.id, self.config.shards))?.clone();
-                Some((tenant, a, h))
-            })
-            .collect();
+        let snapshots = self.event_work(&automations, &mut work, &mut report).await;
         report.evaluated = work.len();
         let results: Vec<(Uuid, anyhow::Result<Outcome>)> = futures::stream::iter(work)
-            .map(|(tenant, a, h)| async move {
+            .map(|(tenant, a, h, source)| async move {
                 let id = a.id;
-                (id, self.evaluate_one(tenant, &a, now, &h).await)
+                (id, self.evaluate_one(tenant, &a, now, &h, source).await)
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
+        let mut failed = false;
         for (id, result) in results {
             match result {
                 Ok(Outcome::Done(fired, resent)) => {
@@ -171,10 +210,137 @@ impl Evaluator {
                 Err(error) => {
                     tracing::warn!(automation = %id, "evaluation failed: {error:#}");
                     report.errors.push(format!("{id}: {error:#}"));
+                    failed = true;
+                }
+            }
+        }
+        // The decisions are written: the windows they were made on become the checkpoints.
+        // After a failed evaluation the old checkpoint stays, and the next holder replays.
+        if let Some(stream) = &self.stream
+            && !failed
+        {
+            for (partition, snapshot) in snapshots {
+                if let Err(error) = stream
+                    .checkpoint(
+                        partition,
+                        snapshot,
+                        self.leases.owner(),
+                        now,
+                        self.config.horizon,
+                    )
+                    .await
+                {
+                    report
+                        .errors
+                        .push(format!("checkpoint {partition}: {error:#}"));
                 }
             }
         }
         Ok(report)
+    }
+
+    /// The metric automations of the shards whose lease this evaluator holds.
+    async fn metric_work(
+        &self,
+        automations: &[(Tenant, Automation)],
+        report: &mut Report,
+    ) -> Vec<(Tenant, Automation, Held, Source)> {
+        let metric: Vec<&(Tenant, Automation)> = automations
+            .iter()
+            .filter(|(_, a)| matches!(a.core.trigger, Trigger::Metric(_)))
+            .collect();
+        let shards: std::collections::BTreeSet<u32> = metric
+            .iter()
+            .map(|(_, a)| shard_of(a.id, self.config.shards))
+            .collect();
+        let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+        for shard in shards {
+            match self.leases.hold(&scope(shard, self.config.shards)).await {
+                Ok(Some(h)) => {
+                    held.insert(shard, h);
+                }
+                Ok(None) => {}
+                Err(error) => report.errors.push(format!("lease {shard}: {error:#}")),
+            }
+        }
+        report.shards_held += held.len();
+        metric
+            .into_iter()
+            .filter_map(|(tenant, a)| {
+                let h = held.get(&shard_of(a.id, self.config.shards))?.clone();
+                Some((*tenant, a.clone(), h, Source::Rollups))
+            })
+            .collect()
+    }
+
+    /// The event automations of the partitions whose lease this evaluator holds, each with its
+    /// partition's windows; returns those windows (the checkpoints to write after the round).
+    async fn event_work(
+        &self,
+        automations: &[(Tenant, Automation)],
+        work: &mut Vec<(Tenant, Automation, Held, Source)>,
+        report: &mut Report,
+    ) -> BTreeMap<i32, crate::stream::checkpoint::Checkpoint> {
+        let Some(stream) = &self.stream else {
+            return BTreeMap::new();
+        };
+        let triggers = event_triggers(automations);
+        stream.set_triggers(&triggers);
+        let partitions = match stream.partitions().await {
+            Ok(n) => n,
+            Err(error) => {
+                report.errors.push(format!("event stream: {error:#}"));
+                return BTreeMap::new();
+            }
+        };
+        let needed: std::collections::BTreeSet<i32> = triggers
+            .iter()
+            .map(|(tenant, _, _)| partition_of(*tenant, partitions))
+            .collect();
+        for partition in stream.reading() {
+            if !needed.contains(&partition)
+                && let Err(error) = stream.release(partition)
+            {
+                report
+                    .errors
+                    .push(format!("release {partition}: {error:#}"));
+            }
+        }
+        let mut snapshots = BTreeMap::new();
+        for partition in needed {
+            let scope = crate::stream::scope(stream.topic(), partition);
+            let outcome = match self.leases.hold(&scope).await {
+                Ok(Some(h)) => stream.take(partition, h).await,
+                Ok(None) => stream.release(partition),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = outcome {
+                report
+                    .errors
+                    .push(format!("partition {partition}: {error:#}"));
+                let _ = stream.release(partition);
+                continue;
+            }
+            if let Some((snapshot, held)) = stream.snapshot(partition) {
+                snapshots.insert(partition, (snapshot, held));
+            }
+        }
+        report.shards_held += snapshots.len();
+        let windows: BTreeMap<i32, Arc<Windows>> = snapshots
+            .iter()
+            .map(|(p, (s, _))| (*p, Arc::new(s.windows.clone())))
+            .collect();
+        for (tenant, a) in automations {
+            if !matches!(a.core.trigger, Trigger::Event(_)) {
+                continue;
+            }
+            let partition = partition_of(*tenant, partitions);
+            if let (Some((_, held)), Some(w)) = (snapshots.get(&partition), windows.get(&partition))
+            {
+                work.push((*tenant, a.clone(), held.clone(), Source::Windows(w.clone())));
+            }
+        }
+        snapshots.into_iter().map(|(p, (s, _))| (p, s)).collect()
     }
 
     async fn evaluate_one(
@@ -183,6 +349,7 @@ impl Evaluator {
         a: &Automation,
         now: DateTime<Utc>,
         held: &Held,
+        source: Source,
     ) -> anyhow::Result<Outcome> {
         let mut states: BTreeMap<String, StateRow> = self
             .store
@@ -207,8 +374,8 @@ impl Evaluator {
         if !a.core.enabled {
             return Ok(Outcome::Done(fired, resent));
         }
-        let (observations, absent_resolve, firing_for) = match &a.core.trigger {
-            Trigger::Metric(t) => (
+        let (observations, absent_resolve, firing_for) = match (&a.core.trigger, source) {
+            (Trigger::Metric(t), _) => (
                 vec![
                     metric::observe(&self.db, tenant, t, now)
                         .await
@@ -217,18 +384,12 @@ impl Evaluator {
                 true,
                 t.metric.firing_for,
             ),
-            Trigger::Event(t) => {
-                let found = event::observe(
-                    &self.db,
-                    tenant,
-                    t,
-                    now,
-                    self.config.delay,
-                    self.config.horizon,
-                )
-                .await
-                .map_err(api)?;
+            (Trigger::Event(t), Source::Windows(windows)) => {
+                let found = windows.observe(a.id, t, now, self.config.delay);
                 (found.observations, found.absent_resolve, Duration::ZERO)
+            }
+            (Trigger::Event(_), Source::Rollups) => {
+                anyhow::bail!("an event trigger is evaluated on the event stream only")
             }
         };
         let mut seen: BTreeMap<String, Observation> = observations
@@ -448,38 +609,68 @@ impl Evaluator {
         Ok(None)
     }
 
-    /// Rounds every `interval` until `shutdown`.
-    pub async fn run(self, interval: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    /// Rounds every `interval` until `shutdown`, and a round of the event triggers as soon as
+    /// the stream saw an event that matched a reactive one. `readiness` is marked ready after
+    /// the first round that succeeded.
+    pub async fn run(
+        self,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+        mut readiness: Option<flowhouse_service::admin::Readiness>,
+    ) {
+        // Events that arrive together are evaluated together.
+        const GATHER: Duration = Duration::from_millis(100);
+        let mut next_full = tokio::time::Instant::now();
         loop {
-            match self.tick().await {
+            let round = if tokio::time::Instant::now() >= next_full {
+                next_full = tokio::time::Instant::now() + interval;
+                Round::All
+            } else {
+                Round::Events
+            };
+            match self.round(round).await {
                 Ok(report) => {
-                    for key in &report.fired {
-                        tracing::info!(key, "automation fired");
+                    record(&report, round);
+                    if let Some(readiness) = readiness.take() {
+                        readiness.ready("automations");
                     }
-                    metrics::counter!("flowhouse_automations_fired_total")
-                        .increment(report.fired.len() as u64);
-                    metrics::counter!("flowhouse_automations_resent_total")
-                        .increment(report.resent.len() as u64);
-                    // What this evaluator owns: an operator (and the process crash test)
-                    // sees whether it took over after another one died.
-                    metrics::counter!("flowhouse_automations_evaluated_total")
-                        .increment(report.evaluated as u64);
-                    metrics::gauge!("flowhouse_automations_shards_held")
-                        .set(report.shards_held as f64);
-                    metrics::counter!("flowhouse_automations_errors_total")
-                        .increment(report.errors.len() as u64);
                 }
                 Err(error) => {
                     metrics::counter!("flowhouse_automations_errors_total").increment(1);
                     tracing::warn!("automations round failed: {error:#}");
                 }
             }
+            let woken = async {
+                match &self.stream {
+                    Some(stream) => {
+                        stream.woken().await;
+                        tokio::time::sleep(GATHER).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep_until(next_full) => {}
+                () = woken => {}
             }
         }
     }
+}
+
+fn record(report: &Report, round: Round) {
+    for key in &report.fired {
+        tracing::info!(key, "automation fired");
+    }
+    metrics::counter!("flowhouse_automations_fired_total").increment(report.fired.len() as u64);
+    metrics::counter!("flowhouse_automations_resent_total").increment(report.resent.len() as u64);
+    // What this evaluator owns: an operator (and the process crash test) sees whether it took
+    // over after another one died.
+    metrics::counter!("flowhouse_automations_evaluated_total").increment(report.evaluated as u64);
+    if round == Round::All {
+        metrics::gauge!("flowhouse_automations_shards_held").set(report.shards_held as f64);
+    }
+    metrics::counter!("flowhouse_automations_errors_total").increment(report.errors.len() as u64);
 }
 
 fn api(error: flowhouse_query_api::error::ApiError) -> anyhow::Error {
