@@ -52,7 +52,7 @@ fairness:
 	trap '$(STACK) reset' EXIT; \
 	cargo build --release --locked -p flowhouse --features loadtest; \
 	eval "$$($(STACK) up)"; \
-	FLOWHOUSE_BIN=$(CURDIR)/target/release/flowhouse FLOWHOUSE_FAIRNESS_STRICT=1 \
+	FLOWHOUSE_BIN=$(CURDIR)/target/release/flowhouse FLOWHOUSE_FAIRNESS_STRICT=1 FLOWHOUSE_FAIRNESS_SAMPLES=400 \
 	    cargo test --locked -p flowhouse-tests --test fairness -- --nocapture
 
 # Every fuzz target (cargo fuzz, and atheris for the bridge's framing decoder) for FUZZ_SECONDS

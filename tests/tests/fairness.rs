@@ -8,7 +8,9 @@
 //! Latency is a measurement, not a unit-test assertion: `make test` checks what is
 //! deterministic (B never refused, A's excess refused from A's own shares) and prints the p99s;
 //! `make fairness` (`FLOWHOUSE_FAIRNESS_STRICT=1`, on a quiet machine) also holds B's loaded p99
-//! to 2× its unloaded p99.
+//! to 2× its unloaded p99. A p99 needs samples: of `make test`'s 60 (`FLOWHOUSE_FAIRNESS_SAMPLES`)
+//! it is the slowest one, a single request; `make fairness` takes 400, so its p99 is the 396th
+//! of them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +20,13 @@ use flowhouse_tests::served::Served;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const SAMPLES: usize = 60;
+/// B's questions per phase (`FLOWHOUSE_FAIRNESS_SAMPLES`, 60 by default).
+fn samples() -> usize {
+    std::env::var("FLOWHOUSE_FAIRNESS_SAMPLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(60)
+}
 
 fn event(i: usize) -> Value {
     let run = Uuid::new_v4();
@@ -32,7 +40,7 @@ fn event(i: usize) -> Value {
     })
 }
 
-/// B's latencies of `SAMPLES` uncached dashboard questions (each a new `since`, so a miss).
+/// B's latencies of [`samples`] uncached dashboard questions (each a new `since`, so a miss).
 async fn measure(
     http: &reqwest::Client,
     base: &str,
@@ -41,7 +49,7 @@ async fn measure(
 ) -> (Vec<f64>, Vec<u16>) {
     let mut latencies = Vec::new();
     let mut refused = Vec::new();
-    for i in 0..SAMPLES {
+    for i in 0..samples() {
         let since = chrono::Utc::now() - chrono::Duration::hours(6)
             + chrono::Duration::milliseconds((offset + i) as i64);
         let started = Instant::now();
