@@ -79,12 +79,14 @@ async fn wait_for(receiver: &Receiver, name: &str, n: usize) -> Instant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_is_told_once_when_a_flow_fails_too_often_and_once_when_it_recovers() {
+    let started = Instant::now();
     let served = Served::start(&[
         ("FLOWHOUSE_AUTOMATIONS_MIN_WINDOW", "5s".into()),
         ("FLOWHOUSE_AUTOMATIONS_INTERVAL", "1s".into()),
         ("FLOWHOUSE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
     ])
     .await;
+    eprintln!("serve ready after {:?}", started.elapsed());
     let (receiver, url) = Receiver::start().await;
     let http = reqwest::Client::new();
     let base = served.workspace_url();
@@ -162,6 +164,7 @@ async fn an_operator_is_told_once_when_a_flow_fails_too_often_and_once_when_it_r
     let value = receiver.all()[1].body["value"].as_f64().unwrap();
     assert_eq!(value, 0.0, "both runs of flow X failed: successes 0");
 
+    eprintln!("firings checked after {:?}", started.elapsed());
     // The firings are in the tenant's own events, through the same search as any event.
     let deadline = Instant::now() + PATIENCE;
     let names = loop {
@@ -211,4 +214,5 @@ async fn an_operator_is_told_once_when_a_flow_fails_too_often_and_once_when_it_r
         .unwrap();
     assert_eq!(other["events"], json!([]), "{other}");
     served.finish().await;
+    eprintln!("done after {:?}", started.elapsed());
 }

@@ -618,14 +618,18 @@ impl Evaluator {
         shutdown: tokio_util::sync::CancellationToken,
         mut readiness: Option<flowhouse_service::admin::Readiness>,
     ) {
-        // Events that arrive together are evaluated together.
+        // Events that arrive together are evaluated together, and event rounds (each reads the
+        // automations and the leases) run at most once a second however many events match.
         const GATHER: Duration = Duration::from_millis(100);
+        const EVENT_ROUNDS_APART: Duration = Duration::from_secs(1);
         let mut next_full = tokio::time::Instant::now();
+        let mut last_event_round: Option<tokio::time::Instant> = None;
         loop {
             let round = if tokio::time::Instant::now() >= next_full {
                 next_full = tokio::time::Instant::now() + interval;
                 Round::All
             } else {
+                last_event_round = Some(tokio::time::Instant::now());
                 Round::Events
             };
             match self.round(round).await {
@@ -644,7 +648,10 @@ impl Evaluator {
                 match &self.stream {
                     Some(stream) => {
                         stream.woken().await;
-                        tokio::time::sleep(GATHER).await;
+                        let gathered = tokio::time::Instant::now() + GATHER;
+                        let soonest = last_event_round
+                            .map_or(gathered, |at| gathered.max(at + EVENT_ROUNDS_APART));
+                        tokio::time::sleep_until(soonest).await;
                     }
                     None => std::future::pending().await,
                 }

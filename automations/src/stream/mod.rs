@@ -57,6 +57,9 @@ use crate::model::{Automation, EventTrigger, Posture, Trigger};
 
 /// Where a partition without a checkpoint starts.
 pub const FIRST_LOOKBACK: Duration = Duration::from_secs(3600);
+/// The least time between two checkpoints of a partition (rounds can run several times a second
+/// while events match; each checkpoint is an insert). A crash replays at most this much more.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// The partition of a tenant's messages: librdkafka's `consistent_random` on the key.
 pub fn partition_of(tenant: Tenant, partitions: i32) -> i32 {
@@ -81,8 +84,9 @@ struct Triggers {
 struct Reading {
     state: Checkpoint,
     held: Held,
-    /// Checkpoints written in this term.
+    /// Checkpoints written in this term, and when the last one was.
     saved: u64,
+    saved_at: Option<Instant>,
     /// The end of the partition when it was taken: until the windows have read that far, they
     /// are behind what a predecessor saw, and nothing is evaluated on them (a bucket would
     /// look resolved for lack of events not read yet).
@@ -248,6 +252,7 @@ impl EventStream {
                 state,
                 held,
                 saved: 0,
+                saved_at: None,
                 catch_up_to,
             },
         );
@@ -335,8 +340,9 @@ impl EventStream {
             .map(|r| (r.state.clone(), r.held.clone()))
     }
 
-    /// Writes `snapshot` as `partition`'s checkpoint (its decisions are written), then commits
-    /// its offset under the group, and prunes the live windows at `now`.
+    /// Writes `snapshot` as `partition`'s checkpoint (its decisions are written; at most every
+    /// [`CHECKPOINT_EVERY`], the first of a term at once), then commits its offset under the
+    /// group, and prunes the live windows at `now`.
     pub async fn checkpoint(
         &self,
         partition: i32,
@@ -359,7 +365,14 @@ impl EventStream {
                 return Ok(());
             };
             reading.state.windows.prune(&all, now, horizon);
+            if reading
+                .saved_at
+                .is_some_and(|at| at.elapsed() < CHECKPOINT_EVERY)
+            {
+                return Ok(());
+            }
             reading.saved += 1;
+            reading.saved_at = Some(Instant::now());
             checkpoint::version(reading.held.term, reading.saved)
         };
         self.checkpoints
