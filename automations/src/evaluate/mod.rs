@@ -29,7 +29,7 @@ use crate::deliver::{Deliverer, automation_event};
 use crate::lease::{Held, Leases};
 use crate::model::{Action, Automation, Trigger};
 use crate::store::{DeliveryRow, StateRow, Store};
-use crate::stream::window::Windows;
+use crate::stream::checkpoint::Checkpoint;
 use crate::stream::{EventStream, event_triggers, partition_of};
 
 /// What one evaluation saw for one bucket.
@@ -132,7 +132,8 @@ enum Round {
 /// Where an automation's observations come from.
 enum Source {
     Rollups,
-    Windows(Arc<Windows>),
+    /// A snapshot of the partition's windows, shared by its automations of the round.
+    Windows(Arc<Checkpoint>),
 }
 
 enum Outcome {
@@ -223,7 +224,8 @@ impl Evaluator {
                 if let Err(error) = stream
                     .checkpoint(
                         partition,
-                        snapshot,
+                        // The round's evaluations are done: the snapshot is this loop's alone.
+                        Arc::unwrap_or_clone(snapshot),
                         self.leases.owner(),
                         now,
                         self.config.horizon,
@@ -280,7 +282,7 @@ impl Evaluator {
         automations: &[(Tenant, Automation)],
         work: &mut Vec<(Tenant, Automation, Held, Source)>,
         report: &mut Report,
-    ) -> BTreeMap<i32, crate::stream::checkpoint::Checkpoint> {
+    ) -> BTreeMap<i32, Arc<Checkpoint>> {
         let Some(stream) = &self.stream else {
             return BTreeMap::new();
         };
@@ -322,22 +324,22 @@ impl Evaluator {
                 continue;
             }
             if let Some((snapshot, held)) = stream.snapshot(partition) {
-                snapshots.insert(partition, (snapshot, held));
+                snapshots.insert(partition, (Arc::new(snapshot), held));
             }
         }
         report.shards_held += snapshots.len();
-        let windows: BTreeMap<i32, Arc<Windows>> = snapshots
-            .iter()
-            .map(|(p, (s, _))| (*p, Arc::new(s.windows.clone())))
-            .collect();
         for (tenant, a) in automations {
             if !matches!(a.core.trigger, Trigger::Event(_)) {
                 continue;
             }
             let partition = partition_of(*tenant, partitions);
-            if let (Some((_, held)), Some(w)) = (snapshots.get(&partition), windows.get(&partition))
-            {
-                work.push((*tenant, a.clone(), held.clone(), Source::Windows(w.clone())));
+            if let Some((snapshot, held)) = snapshots.get(&partition) {
+                work.push((
+                    *tenant,
+                    a.clone(),
+                    held.clone(),
+                    Source::Windows(snapshot.clone()),
+                ));
             }
         }
         snapshots.into_iter().map(|(p, (s, _))| (p, s)).collect()
@@ -384,8 +386,8 @@ impl Evaluator {
                 true,
                 t.metric.firing_for,
             ),
-            (Trigger::Event(t), Source::Windows(windows)) => {
-                let found = windows.observe(a.id, t, now, self.config.delay);
+            (Trigger::Event(t), Source::Windows(snapshot)) => {
+                let found = snapshot.windows.observe(a.id, t, now, self.config.delay);
                 (found.observations, found.absent_resolve, Duration::ZERO)
             }
             (Trigger::Event(_), Source::Rollups) => {
