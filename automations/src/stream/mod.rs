@@ -413,6 +413,10 @@ impl EventStream {
 async fn pump(consumer: Arc<StreamConsumer>, shared: Arc<Shared>) {
     let limits = Limits::default();
     loop {
+        // As in ingest's loop: `recv` is ready at once while librdkafka holds fetched messages,
+        // so without the budget a backlog is read without yielding, and a request woken on this
+        // worker waits for all of it (`flowhouse serve` runs the dashboards beside this).
+        tokio::task::consume_budget().await;
         let message = match consumer.recv().await {
             Ok(message) => message,
             Err(error) => {
