@@ -64,6 +64,8 @@ pub struct Args {
     #[command(flatten)]
     pub event_limits: EventLimitArgs,
     #[command(flatten)]
+    pub uploads: flowhouse_endpoint::config::UploadLimits,
+    #[command(flatten)]
     pub query: flowhouse_query_api::Settings,
     #[command(flatten)]
     pub batching: flowhouse_ingest::batch::BatchLimits,
@@ -82,6 +84,7 @@ impl Args {
         args.admin_listen = self.admin_listen;
         args.public = self.public.clone();
         args.limits = self.event_limits.clone();
+        args.uploads = self.uploads.clone();
         args
     }
 
@@ -230,6 +233,10 @@ mod tests {
             "/etc/k.json",
             "--max-related-resources",
             "50",
+            "--rate-limit",
+            "250",
+            "--max-uploads-per-tenant",
+            "3",
         ])
         .unwrap()
         .args;
@@ -242,6 +249,8 @@ mod tests {
         assert_eq!(query.admin_listen, args.admin_listen);
         assert_eq!(endpoint.keys_file, query.keys_file);
         assert_eq!(endpoint.limits.limits().unwrap().max_related, 50);
+        assert_eq!(endpoint.uploads.rate_limit, 250.0);
+        assert_eq!(endpoint.uploads.max_uploads_per_tenant, 3);
         assert_eq!(ingest.max_event_bytes, endpoint.limits.max_event_bytes);
         assert_eq!(query.clickhouse.database, ingest.clickhouse.database);
         assert_eq!(query.live.topics.events_topic, ingest.topics.events_topic);

@@ -252,7 +252,7 @@ async fn main() {
     )
     .unwrap();
     let mut args = Args::new(kafka.clone(), keys_file, topics());
-    args.rate_limit = 0.0;
+    args.uploads.rate_limit = 0.0;
     let app = App::start(&args, Default::default())
         .await
         .expect("endpoint");

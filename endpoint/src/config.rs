@@ -35,6 +35,8 @@ pub struct Args {
     pub public: PublicApiArgs,
     #[command(flatten)]
     pub limits: EventLimitArgs,
+    #[command(flatten)]
+    pub uploads: UploadLimits,
     /// Where the API is served.
     #[arg(
         long,
@@ -52,6 +54,20 @@ pub struct Args {
     /// The tenant API keys file (reloaded when it changes).
     #[arg(long, env = "FLOWHOUSE_KEYS_FILE", default_value = "keys.json")]
     pub keys_file: PathBuf,
+    /// How long a self-hosted websocket client has to send its `auth` message.
+    #[arg(
+        long,
+        env = "FLOWHOUSE_ENDPOINT_AUTH_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub auth_timeout: Duration,
+}
+
+/// What one workspace, and all of them together, may upload: sizes, rates, what waits for
+/// Kafka. Its own group of flags, so that `flowhouse serve` takes the same ones.
+#[derive(clap::Args, Clone, Debug)]
+pub struct UploadLimits {
     /// Largest request body accepted, in bytes; larger bodies get a 413 without being read.
     #[arg(
         long,
@@ -107,14 +123,20 @@ pub struct Args {
         value_parser = humantime::parse_duration
     )]
     pub delivery_timeout: Duration,
-    /// How long a self-hosted websocket client has to send its `auth` message.
-    #[arg(
-        long,
-        env = "FLOWHOUSE_ENDPOINT_AUTH_TIMEOUT",
-        default_value = "10s",
-        value_parser = humantime::parse_duration
-    )]
-    pub auth_timeout: Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            rate_limit: defaults::RATE_LIMIT,
+            rate_burst: defaults::RATE_BURST,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            max_in_flight_per_tenant: defaults::MAX_IN_FLIGHT_PER_TENANT,
+            max_uploads_per_tenant: defaults::MAX_UPLOADS_PER_TENANT,
+            delivery_timeout: defaults::DELIVERY_TIMEOUT,
+        }
+    }
 }
 
 /// The limits on one event the endpoint enforces; Prefect's server defaults, configurable up to
@@ -185,13 +207,7 @@ impl Args {
             listen: SocketAddr::from(([127, 0, 0, 1], 4200)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
             keys_file,
-            max_body_bytes: defaults::MAX_BODY_BYTES,
-            rate_limit: defaults::RATE_LIMIT,
-            rate_burst: defaults::RATE_BURST,
-            max_in_flight: defaults::MAX_IN_FLIGHT,
-            max_in_flight_per_tenant: defaults::MAX_IN_FLIGHT_PER_TENANT,
-            max_uploads_per_tenant: defaults::MAX_UPLOADS_PER_TENANT,
-            delivery_timeout: defaults::DELIVERY_TIMEOUT,
+            uploads: UploadLimits::default(),
             auth_timeout: defaults::AUTH_TIMEOUT,
         }
     }
@@ -219,16 +235,22 @@ mod tests {
         );
         assert_eq!(built.listen, parsed.listen);
         assert_eq!(built.admin_listen, parsed.admin_listen);
-        assert_eq!(built.max_body_bytes, parsed.max_body_bytes);
-        assert_eq!(built.rate_limit, parsed.rate_limit);
-        assert_eq!(built.rate_burst, parsed.rate_burst);
-        assert_eq!(built.max_in_flight, parsed.max_in_flight);
+        assert_eq!(built.uploads.max_body_bytes, parsed.uploads.max_body_bytes);
+        assert_eq!(built.uploads.rate_limit, parsed.uploads.rate_limit);
+        assert_eq!(built.uploads.rate_burst, parsed.uploads.rate_burst);
+        assert_eq!(built.uploads.max_in_flight, parsed.uploads.max_in_flight);
         assert_eq!(
-            built.max_in_flight_per_tenant,
-            parsed.max_in_flight_per_tenant
+            built.uploads.max_in_flight_per_tenant,
+            parsed.uploads.max_in_flight_per_tenant
         );
-        assert_eq!(built.max_uploads_per_tenant, parsed.max_uploads_per_tenant);
-        assert_eq!(built.delivery_timeout, parsed.delivery_timeout);
+        assert_eq!(
+            built.uploads.max_uploads_per_tenant,
+            parsed.uploads.max_uploads_per_tenant
+        );
+        assert_eq!(
+            built.uploads.delivery_timeout,
+            parsed.uploads.delivery_timeout
+        );
         assert_eq!(built.auth_timeout, parsed.auth_timeout);
         assert_eq!(
             built.public.prefect_api_version,

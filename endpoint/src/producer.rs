@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use futures::FutureExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
@@ -42,6 +43,10 @@ pub struct Producer {
     capacity: usize,
     /// Each workspace's share of `in_flight`.
     tenant_in_flight: PerKeyLimit<Tenant>,
+    /// What one produce request carries: the size of the pieces [`Producer::deliver`] hands over.
+    request: RequestSize,
+    /// One piece per workspace handed over at a time (see [`Producer::deliver`]).
+    piece_turns: PerKeyLimit<Tenant>,
 }
 
 /// Whether the brokers are reachable, as last seen; shared with librdkafka's callbacks.
@@ -120,14 +125,16 @@ impl Producer {
         });
         health.readiness.not_ready(KAFKA, "not connected yet");
         let producer = create(&config, &health)?;
-        let capacity = args.max_in_flight.max(1);
+        let capacity = args.uploads.max_in_flight.max(1);
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(producer)),
-            config,
             health,
             in_flight: Arc::new(Semaphore::new(capacity)),
             capacity,
-            tenant_in_flight: PerKeyLimit::new(args.max_in_flight_per_tenant.min(capacity)),
+            tenant_in_flight: PerKeyLimit::new(args.uploads.max_in_flight_per_tenant.min(capacity)),
+            request: RequestSize::of(&config)?,
+            config,
+            piece_turns: PerKeyLimit::new(1),
         }))
     }
 
@@ -225,6 +232,59 @@ impl Producer {
         }
     }
 
+    /// `items` cut into consecutive pieces of one produce request each, for [`Self::deliver`].
+    pub fn pieces(&self, items: &[Bytes]) -> Vec<std::ops::Range<usize>> {
+        self.request.pieces(items)
+    }
+
+    /// Produces one piece of a batch (all with the same key and headers) and waits until Kafka
+    /// acknowledged every message of it. The HTTP handler hands a batch over piece by piece
+    /// ([`Self::pieces`]), the next once the previous is acknowledged.
+    ///
+    /// Why not all at once: librdkafka's idempotent producer keeps one request per partition in
+    /// flight (its in-flight check subtracts the partition's count of in-flight *messages* from
+    /// the limit of five *requests*), and while that request is out, messages waiting past
+    /// `linger.ms` set the broker thread's next wake-up to "now": it spins on `poll(0)` for as
+    /// long as the broker takes to answer. Against the local broker that was about 0.2 of a
+    /// core for one workspace's uploads (docs/performance.md). Pieces the size of one request
+    /// make the same requests without the spin. A workspace's messages share a partition (the
+    /// key), so one piece per workspace is handed over at a time.
+    ///
+    /// An error leaves the pieces already delivered in Kafka: the client sees the error, sends
+    /// the batch again, and ingest drops the duplicates by event id.
+    pub async fn deliver(
+        self: &Arc<Self>,
+        tenant: Tenant,
+        topic: &str,
+        key: &str,
+        headers: &OwnedHeaders,
+        piece: &[Bytes],
+    ) -> Result<(), ApiError> {
+        let _turn = self.piece_turns.acquire(&tenant, 1).await;
+        let (producer, topic, key, headers) = (
+            self.clone(),
+            topic.to_owned(),
+            key.to_owned(),
+            headers.clone(),
+        );
+        let piece = piece.to_vec();
+        // Handing a thousand messages to librdkafka is CPU work (copies, headers): off the async
+        // workers, or every request queued on this worker waits for it.
+        let deliveries = tokio::task::spawn_blocking(move || {
+            piece
+                .iter()
+                .map(|item| producer.send(&topic, &key, headers.clone(), item))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|error| ApiError::Unavailable {
+            detail: format!("handing the batch to Kafka failed ({error}); send it again"),
+            retry_after: RETRY_WHEN_DOWN,
+        })??;
+        futures::future::try_join_all(deliveries).await?;
+        Ok(())
+    }
+
     /// Asks the brokers for the topic's metadata, which decides [`Self::check_available`]; a
     /// producer that hit a fatal error (its idempotence state lost) is replaced by a new one.
     pub async fn probe(&self, topic: &str) {
@@ -307,7 +367,8 @@ fn producer_config(args: &Args) -> anyhow::Result<ClientConfig> {
         .set("acks", "all")
         .set(
             "message.timeout.ms",
-            args.delivery_timeout
+            args.uploads
+                .delivery_timeout
                 .as_millis()
                 .clamp(1, i32::MAX as u128)
                 .to_string(),
@@ -315,7 +376,8 @@ fn producer_config(args: &Args) -> anyhow::Result<ClientConfig> {
         // The semaphore above is the real bound; librdkafka's own must never be hit first.
         .set(
             "queue.buffering.max.messages",
-            args.max_in_flight
+            args.uploads
+                .max_in_flight
                 .saturating_mul(2)
                 .clamp(100_000, i32::MAX as usize)
                 .to_string(),
@@ -341,6 +403,54 @@ fn create(
             health: health.clone(),
         })
         .context("cannot create the Kafka producer")
+}
+
+/// What librdkafka puts in one produce request at most: `batch.size` bytes and
+/// `batch.num.messages` messages (their defaults unless `KAFKA_PROPERTIES` sets them).
+#[derive(Clone, Copy, Debug)]
+struct RequestSize {
+    bytes: usize,
+    messages: usize,
+}
+
+/// A message's bytes on top of its payload: the key, the envelope's headers and the record's
+/// framing (about 200 bytes; a little more, so that a piece never spills into a second request).
+const MESSAGE_OVERHEAD: usize = 256;
+
+impl RequestSize {
+    fn of(config: &ClientConfig) -> anyhow::Result<Self> {
+        let read = |key: &str, default: usize| -> anyhow::Result<usize> {
+            config.get(key).map_or(Ok(default), |value| {
+                value
+                    .parse::<usize>()
+                    .with_context(|| format!("Kafka property {key}={value:?} is not a number"))
+            })
+        };
+        Ok(Self {
+            bytes: read("batch.size", 1_000_000)?.max(1),
+            messages: read("batch.num.messages", 10_000)?.max(1),
+        })
+    }
+
+    /// `items` cut into consecutive ranges that each fit one request (an item larger than a
+    /// request is a range of its own).
+    fn pieces(self, items: &[Bytes]) -> Vec<std::ops::Range<usize>> {
+        let mut pieces = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (index, item) in items.iter().enumerate() {
+            let size = item.len() + MESSAGE_OVERHEAD;
+            let full = index - start >= self.messages || bytes + size > self.bytes;
+            if index > start && full {
+                pieces.push(start..index);
+                (start, bytes) = (index, 0);
+            }
+            bytes += size;
+        }
+        if start < items.len() {
+            pieces.push(start..items.len());
+        }
+        pieces
+    }
 }
 
 /// Room for some messages in the producer's queue, given back when dropped.
@@ -396,5 +506,74 @@ impl Future for Delivery {
                 retry_after: RETRY_WHEN_DOWN,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(sizes: &[usize]) -> Vec<Bytes> {
+        sizes.iter().map(|&n| Bytes::from(vec![b'x'; n])).collect()
+    }
+
+    /// The pieces cover every item once, in order; each fits a request (bytes with the
+    /// overhead, and messages) unless it is a single oversized item; and each is as large as
+    /// it can be (the next item would not have fitted).
+    fn check(size: RequestSize, sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
+        let pieces = size.pieces(&items(sizes));
+        let covered: Vec<usize> = pieces.iter().cloned().flatten().collect();
+        assert_eq!(covered, (0..sizes.len()).collect::<Vec<_>>());
+        let bytes = |range: std::ops::Range<usize>| -> usize {
+            sizes[range].iter().map(|n| n + MESSAGE_OVERHEAD).sum()
+        };
+        for (i, piece) in pieces.iter().enumerate() {
+            assert!(!piece.is_empty());
+            if piece.len() > 1 {
+                assert!(bytes(piece.clone()) <= size.bytes, "{piece:?} of {sizes:?}");
+                assert!(piece.len() <= size.messages, "{piece:?}");
+            }
+            if let Some(next) = pieces.get(i + 1) {
+                let grown = piece.start..next.start + 1;
+                assert!(
+                    bytes(grown.clone()) > size.bytes || grown.len() > size.messages,
+                    "{piece:?} could have taken item {}",
+                    next.start
+                );
+            }
+        }
+        pieces
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_pieces_of_one_request_each() {
+        let size = RequestSize {
+            bytes: 10_000,
+            messages: 5,
+        };
+        assert!(check(size, &[]).is_empty());
+        // 744 + 256 = 1000 bytes each: the message count binds first.
+        assert_eq!(check(size, &[744; 12]), [0..5, 5..10, 10..12]);
+        // 4744 + 256 = 5000 bytes each: the bytes bind first.
+        assert_eq!(check(size, &[4744; 5]), [0..2, 2..4, 4..5]);
+        // An item larger than a request goes alone, and the pieces around it are unaffected.
+        assert_eq!(check(size, &[100, 50_000, 100, 100]), [0..1, 1..2, 2..4]);
+        let mixed: Vec<usize> = (0..500).map(|i| (i * 7919) % 6000).collect();
+        check(size, &mixed);
+    }
+
+    #[test]
+    fn the_request_size_follows_librdkafkas_settings() {
+        let mut config = ClientConfig::new();
+        let defaults = RequestSize::of(&config).unwrap();
+        assert_eq!((defaults.bytes, defaults.messages), (1_000_000, 10_000));
+        config
+            .set("batch.size", "65536")
+            .set("batch.num.messages", "100");
+        let set = RequestSize::of(&config).unwrap();
+        assert_eq!((set.bytes, set.messages), (65_536, 100));
+        config.set("batch.size", "a lot");
+        let error = RequestSize::of(&config).unwrap_err().to_string();
+        assert!(error.contains("batch.size"), "{error}");
     }
 }

@@ -157,25 +157,18 @@ async fn ingest(
     };
     let key = envelope.key();
     let kafka_headers = envelope.headers();
-    let topic = shared.topic(stream).to_owned();
-    let producer = shared.producer.clone();
-    // Handing thousands of messages to librdkafka is CPU work too (copies, headers): off the
-    // async workers like the parse, or every request queued on this worker waits for it.
-    let deliveries = tokio::task::spawn_blocking(move || {
-        // An early return here leaves what was already handed over to be delivered: the client
-        // sees a 503 and sends the batch again, and ingest drops the duplicates by event id.
-        items
-            .iter()
-            .map(|item| producer.send(&topic, &key, kafka_headers.clone(), item))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|error| ApiError::Unavailable {
-        detail: format!("handing the batch to Kafka failed ({error}); send it again"),
-        retry_after: std::time::Duration::from_secs(1),
-    })??;
-    let accepted = deliveries.len();
-    futures::future::try_join_all(deliveries).await?;
+    for piece in shared.producer.pieces(&items) {
+        (shared.producer)
+            .deliver(
+                tenant,
+                shared.topic(stream),
+                &key,
+                &kafka_headers,
+                &items[piece],
+            )
+            .await?;
+    }
+    let accepted = items.len();
 
     metrics::counter!(telemetry::ACCEPTED, "kind" => stream.plural(), "transport" => "http")
         .increment(accepted as u64);

@@ -282,7 +282,9 @@ async fn an_oversized_body_is_a_413_without_being_read() {
     let setup = Setup::new(Stack::from_env().kafka);
     let writer = setup.writer();
     let limit = 64 * 1024;
-    let endpoint = setup.start(|args| args.max_body_bytes = limit).await;
+    let endpoint = setup
+        .start(|args| args.uploads.max_body_bytes = limit)
+        .await;
     let path = format!(
         "/api/accounts/{}/workspaces/{}/events",
         writer.tenant.account_id, writer.tenant.workspace_id
@@ -337,8 +339,8 @@ async fn a_workspace_over_its_rate_limit_gets_429_with_retry_after() {
     // A bucket of 10 refilled at one event per 100 s: nothing refills during the test.
     let endpoint = setup
         .start(|args| {
-            args.rate_limit = 0.01;
-            args.rate_burst = 10.0;
+            args.uploads.rate_limit = 0.01;
+            args.uploads.rate_burst = 10.0;
         })
         .await;
     let ten: Vec<Value> = (0..10).map(|i| event(&format!("n{i}"))).collect();
@@ -383,9 +385,9 @@ async fn a_full_producer_queue_is_a_503_with_retry_after() {
     // ten for the rest of the test.
     let endpoint = setup
         .start(|args| {
-            args.max_in_flight = 10;
-            args.max_in_flight_per_tenant = 10;
-            args.delivery_timeout = Duration::from_secs(300);
+            args.uploads.max_in_flight = 10;
+            args.uploads.max_in_flight_per_tenant = 10;
+            args.uploads.delivery_timeout = Duration::from_secs(300);
             args.kafka.properties.push("linger.ms=60000".into());
         })
         .await;
@@ -430,9 +432,9 @@ async fn one_workspace_cannot_take_the_whole_producer_queue() {
     let (greedy, other) = (setup.writer(), setup.writer());
     let endpoint = setup
         .start(|args| {
-            args.max_in_flight = 10;
-            args.max_in_flight_per_tenant = 6;
-            args.delivery_timeout = Duration::from_secs(300);
+            args.uploads.max_in_flight = 10;
+            args.uploads.max_in_flight_per_tenant = 6;
+            args.uploads.delivery_timeout = Duration::from_secs(300);
             args.kafka.properties.push("linger.ms=60000".into());
         })
         .await;

@@ -127,7 +127,7 @@ async fn concurrent_clients_of_several_tenants_never_mix() {
         key: shared_key,
     };
     let writers = [a, b, c, d];
-    let endpoint = Arc::new(setup.start(|args| args.rate_limit = 0.0).await);
+    let endpoint = Arc::new(setup.start(|args| args.uploads.rate_limit = 0.0).await);
 
     let mut tasks = tokio::task::JoinSet::new();
     for (i, writer) in writers.iter().enumerate() {

@@ -58,7 +58,7 @@ async fn a_pong_waits_for_kafka_and_http_is_refused_while_it_is_down() {
     let writer = setup.writer();
     // The producer keeps retrying for the whole outage rather than giving up.
     let endpoint = setup
-        .start(|args| args.delivery_timeout = Duration::from_secs(600))
+        .start(|args| args.uploads.delivery_timeout = Duration::from_secs(600))
         .await;
     let socket = endpoint
         .websocket(&writer.tenant, Some(&writer.key))
