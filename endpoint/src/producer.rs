@@ -5,6 +5,7 @@
 //! librdkafka comes back as a [`Delivery`] future, and the HTTP handlers and websockets answer
 //! only once those resolved.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -45,8 +46,10 @@ pub struct Producer {
     tenant_in_flight: PerKeyLimit<Tenant>,
     /// What one produce request carries: the size of the pieces [`Producer::deliver`] hands over.
     request: RequestSize,
-    /// One piece per workspace handed over at a time (see [`Producer::deliver`]).
-    piece_turns: PerKeyLimit<Tenant>,
+    /// One piece per partition handed over at a time (see [`Producer::deliver`]).
+    piece_turns: PerKeyLimit<(String, u32)>,
+    /// Partitions per topic, as the brokers said when first asked.
+    partition_counts: RwLock<HashMap<String, u32>>,
 }
 
 /// Whether the brokers are reachable, as last seen; shared with librdkafka's callbacks.
@@ -135,6 +138,7 @@ impl Producer {
             request: RequestSize::of(&config)?,
             config,
             piece_turns: PerKeyLimit::new(1),
+            partition_counts: RwLock::new(HashMap::new()),
         }))
     }
 
@@ -247,20 +251,23 @@ impl Producer {
     /// `linger.ms` set the broker thread's next wake-up to "now": it spins on `poll(0)` for as
     /// long as the broker takes to answer. Against the local broker that was about 0.2 of a
     /// core for one workspace's uploads (docs/performance.md). Pieces the size of one request
-    /// make the same requests without the spin. A workspace's messages share a partition (the
-    /// key), so one piece per workspace is handed over at a time.
+    /// make the same requests without the spin, if only one piece per partition is handed over
+    /// at a time: pieces of other workspaces whose keys share the partition wait their turn.
     ///
     /// An error leaves the pieces already delivered in Kafka: the client sees the error, sends
     /// the batch again, and ingest drops the duplicates by event id.
     pub async fn deliver(
         self: &Arc<Self>,
-        tenant: Tenant,
         topic: &str,
         key: &str,
         headers: &OwnedHeaders,
         piece: &[Bytes],
     ) -> Result<(), ApiError> {
-        let _turn = self.piece_turns.acquire(&tenant, 1).await;
+        let partition = partition_of(key, self.partitions(topic).await);
+        let _turn = self
+            .piece_turns
+            .acquire(&(topic.to_owned(), partition), 1)
+            .await;
         let (producer, topic, key, headers) = (
             self.clone(),
             topic.to_owned(),
@@ -283,6 +290,38 @@ impl Producer {
         })??;
         futures::future::try_join_all(deliveries).await?;
         Ok(())
+    }
+
+    /// Partitions of `topic`, asked of the brokers once (`None` while they cannot tell). Only
+    /// the turns of [`Self::deliver`] depend on it: a topic that gains partitions later costs
+    /// some spinning, never a message.
+    async fn partitions(&self, topic: &str) -> Option<u32> {
+        let known = self
+            .partition_counts
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(topic)
+            .copied();
+        if known.is_some() {
+            return known;
+        }
+        let (producer, name) = (self.current(), topic.to_owned());
+        let count = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+                .ok()?;
+            let partitions = metadata.topics().first()?.partitions().len();
+            u32::try_from(partitions).ok().filter(|&n| n > 0)
+        })
+        .await
+        .ok()
+        .flatten()?;
+        self.partition_counts
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(topic.to_owned(), count);
+        Some(count)
     }
 
     /// Asks the brokers for the topic's metadata, which decides [`Self::check_available`]; a
@@ -403,6 +442,14 @@ fn create(
             health: health.clone(),
         })
         .context("cannot create the Kafka producer")
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`: the CRC-32 of a
+/// non-empty key, modulo the partition count) gives `key`; without the count, a number that
+/// still keeps each key to one turn.
+fn partition_of(key: &str, partitions: Option<u32>) -> u32 {
+    let hash = crc32fast::hash(key.as_bytes());
+    partitions.map_or(hash, |n| hash % n)
 }
 
 /// What librdkafka puts in one produce request at most: `batch.size` bytes and
@@ -560,6 +607,16 @@ mod tests {
         assert_eq!(check(size, &[100, 50_000, 100, 100]), [0..1, 1..2, 2..4]);
         let mixed: Vec<usize> = (0..500).map(|i| (i * 7919) % 6000).collect();
         check(size, &mixed);
+    }
+
+    #[test]
+    fn keys_go_to_the_partition_librdkafkas_partitioner_picks() {
+        // CRC-32 (ISO-HDLC, librdkafka's rd_crc32) of "123456789" is 0xCBF43926, its check value.
+        assert_eq!(partition_of("123456789", None), 0xCBF4_3926);
+        assert_eq!(partition_of("123456789", Some(6)), 0xCBF4_3926 % 6);
+        let key = "2f6c1f1e-8a51-4a8e-9d0a-6f1d2a3b4c5d";
+        assert!(partition_of(key, Some(6)) < 6);
+        assert_eq!(partition_of(key, Some(1)), 0);
     }
 
     #[test]

@@ -159,13 +159,7 @@ async fn ingest(
     let kafka_headers = envelope.headers();
     for piece in shared.producer.pieces(&items) {
         (shared.producer)
-            .deliver(
-                tenant,
-                shared.topic(stream),
-                &key,
-                &kafka_headers,
-                &items[piece],
-            )
+            .deliver(shared.topic(stream), &key, &kafka_headers, &items[piece])
             .await?;
     }
     let accepted = items.len();
